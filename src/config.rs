@@ -1,0 +1,244 @@
+//! The config file (YAML) and its `WAYBILL_*` environment overrides.
+//!
+//! An override names a path in the file with `__` between levels:
+//! `WAYBILL_STORE__RETENTION_DAYS=14` sets `store.retention_days`. Values are
+//! read as YAML scalars (`14`, `true`, `server`). `WAYBILL_CONFIG` names the
+//! file itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use waybill_store::StoreConfig;
+
+/// Everything `waybill` can be told. Every field has a default, so an empty
+/// file (or none) runs an embedded store on `data/clickhouse`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub sql_endpoint: SqlEndpointConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+}
+
+/// The web server: health checks now, pages and the JSON API later.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the web server (`/healthz`, `/readyz`).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+/// A read-only ClickHouse HTTP endpoint over the embedded store, for
+/// Grafana's ClickHouse data source or `clickhouse-client` over HTTP.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlEndpointConfig {
+    /// Off by default.
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Required when enabled, at least 16 characters. Clients send it as a
+    /// bearer token, as the basic-auth password or as `X-ClickHouse-Key`.
+    #[serde(deserialize_with = "lenient_optional_string")]
+    pub token: Option<String>,
+}
+
+impl Default for SqlEndpointConfig {
+    fn default() -> Self {
+        SqlEndpointConfig { enabled: false, listen: SocketAddr::from(([127, 0, 0, 1], 8124)), token: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `waybill_store=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+fn lenient_optional_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    waybill_store::config::lenient_string(deserializer).map(Some)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {origin}: {source}")]
+    Parse { origin: String, source: serde_yaml::Error },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+const ENV_PREFIX: &str = "WAYBILL_";
+
+/// Variables that configure the tooling, not the file's settings.
+const ENV_NOT_SETTINGS: &[&str] = &["WAYBILL_CONFIG", "WAYBILL_CACHE_DIR"];
+
+impl Config {
+    /// Reads `path` (if any), applies `WAYBILL_*` overrides from `env`, and validates.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let (mut tree, origin) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let origin = format!("file {}", path.display());
+                let tree: serde_yaml::Value = serde_yaml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { origin: origin.clone(), source })?;
+                (tree, origin)
+            }
+            None => (serde_yaml::Value::Null, "defaults".to_owned()),
+        };
+        if tree.is_null() {
+            tree = serde_yaml::Value::Mapping(Default::default());
+        }
+        let mut overridden = Vec::new();
+        let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        env.sort();
+        for (var, value) in env {
+            if ENV_NOT_SETTINGS.contains(&var.as_str()) {
+                continue;
+            }
+            apply_override(&mut tree, &var, &value)?;
+            overridden.push(var);
+        }
+        let origin = if overridden.is_empty() { origin } else { format!("{origin} with {}", overridden.join(", ")) };
+        let config: Config = serde_yaml::from_value(tree).map_err(|source| ConfigError::Parse { origin, source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot; messages say which setting to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.store.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.sql_endpoint.enabled {
+            if self.store.mode != waybill_store::StoreMode::Embedded {
+                return Err(ConfigError::Invalid(
+                    "sql_endpoint serves the embedded store; with store.mode: server, point SQL clients at the ClickHouse server itself".into(),
+                ));
+            }
+            match &self.sql_endpoint.token {
+                Some(token) if token.chars().count() >= 16 => {}
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "sql_endpoint.token must be set (at least 16 characters) when sql_endpoint.enabled is true".into(),
+                    ))
+                }
+            }
+            if self.sql_endpoint.listen == self.http.listen {
+                return Err(ConfigError::Invalid(format!(
+                    "sql_endpoint.listen and http.listen are both {}; give them different ports",
+                    self.http.listen
+                )));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::Invalid(format!("log.level {:?} is not a valid filter: {e}", self.log.level)))?;
+        Ok(())
+    }
+}
+
+/// Sets the value at the path named by `var` (`WAYBILL_A__B_C` → `a.b_c`).
+fn apply_override(tree: &mut serde_yaml::Value, var: &str, value: &str) -> Result<(), ConfigError> {
+    let env_error = |reason: String| ConfigError::Env { var: var.to_owned(), reason };
+    let path: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(env_error("name a setting, e.g. WAYBILL_STORE__RETENTION_DAYS for store.retention_days".into()));
+    }
+    let parsed: serde_yaml::Value = serde_yaml::from_str(value)
+        .ok()
+        .filter(|v: &serde_yaml::Value| !v.is_mapping() && !v.is_sequence())
+        .unwrap_or_else(|| serde_yaml::Value::String(value.to_owned()));
+    let mut node = tree;
+    for (i, key) in path.iter().enumerate() {
+        let map = match node {
+            serde_yaml::Value::Mapping(map) => map,
+            serde_yaml::Value::Null => {
+                *node = serde_yaml::Value::Mapping(Default::default());
+                node.as_mapping_mut().expect("just set")
+            }
+            _ => return Err(env_error(format!("{} is not a section", path[..i].join(".")))),
+        };
+        let key = serde_yaml::Value::String(key.clone());
+        if i + 1 == path.len() {
+            map.insert(key, parsed);
+            return Ok(());
+        }
+        node = map.entry(key).or_insert(serde_yaml::Value::Null);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn no_file_gives_an_embedded_store_and_local_ports() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.http.listen.port(), 8080);
+        assert!(!config.sql_endpoint.enabled);
+    }
+
+    #[test]
+    fn environment_overrides_nested_settings_with_typed_values() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("WAYBILL_STORE__RETENTION_DAYS", "14"),
+                ("WAYBILL_STORE__MODE", "server"),
+                ("WAYBILL_STORE__SERVER__PASSWORD", "12345"),
+                ("WAYBILL_CONFIG", "ignored.yaml"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.store.retention_days, 14);
+        assert_eq!(config.store.mode, waybill_store::StoreMode::Server);
+        assert_eq!(config.store.server.password, "12345");
+    }
+
+    #[test]
+    fn unknown_settings_are_refused_with_their_name() {
+        let err = Config::load(None, env(&[("WAYBILL_STORE__DATABSE", "x")])).unwrap_err().to_string();
+        assert!(err.contains("databse") && err.contains("WAYBILL_STORE__DATABSE"), "{err}");
+        let dir = std::env::temp_dir().join(format!("waybill-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("waybill.yaml");
+        std::fs::write(&file, "store:\n  retention_dayz: 3\n").unwrap();
+        let err = Config::load(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("retention_dayz") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn sql_endpoint_needs_a_long_token() {
+        let err = Config::load(None, env(&[("WAYBILL_SQL_ENDPOINT__ENABLED", "true")])).unwrap_err().to_string();
+        assert!(err.contains("sql_endpoint.token"), "{err}");
+        let config = Config::load(
+            None,
+            env(&[("WAYBILL_SQL_ENDPOINT__ENABLED", "true"), ("WAYBILL_SQL_ENDPOINT__TOKEN", "0123456789abcdef")]),
+        )
+        .unwrap();
+        assert_eq!(config.sql_endpoint.token.as_deref(), Some("0123456789abcdef"));
+    }
+}

@@ -1,0 +1,90 @@
+//! `waybill`: business transaction lineage over OpenTelemetry, stored in
+//! ClickHouse. Subcommands: `serve` (default), `migrate`, `check-config`.
+
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use config::Config;
+
+#[derive(Parser)]
+#[command(name = "waybill", version, about = "Where each business transaction is, from OpenTelemetry data in ClickHouse")]
+struct Cli {
+    /// YAML config file (env WAYBILL_CONFIG); without one, defaults apply.
+    #[arg(long, global = true, env = "WAYBILL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply schema migrations and retention, then exit.
+    Migrate,
+    /// Validate the config (file and WAYBILL_* overrides) and print it.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("waybill: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::CheckConfig = command {
+        println!("config is valid:\n{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("waybill: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Serve => serve::run(config).await,
+            Command::Migrate => migrate(config).await,
+            Command::CheckConfig => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("waybill: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    let store = waybill_store::Store::open(&config.store).await.context("cannot open the store")?;
+    let result = store.migrate().await;
+    store.close().await;
+    let report = result.context("migration failed")?;
+    if report.applied.is_empty() {
+        println!("schema is at version {}; nothing to apply", report.version);
+    } else {
+        println!("applied schema versions {:?}; schema is at version {}", report.applied, report.version);
+    }
+    for table in &report.retention_changed {
+        println!("retention of {table} set to {} days", config.store.retention_days);
+    }
+    Ok(())
+}

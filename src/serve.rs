@@ -1,0 +1,134 @@
+//! `waybill serve`: opens the store, migrates it (retrying while a server is
+//! unreachable), serves the web port and the optional SQL endpoint, and on
+//! SIGTERM or Ctrl-C stops accepting, finishes requests and closes the store.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use waybill_store::http_interface::{self, Access};
+use waybill_store::Store;
+
+use crate::config::Config;
+
+/// What the web handlers share.
+#[derive(Clone)]
+struct AppState {
+    store: Store,
+    migrated: Arc<AtomicBool>,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let store = Store::open(&config.store).await.context("cannot open the store")?;
+    let migrated = Arc::new(AtomicBool::new(false));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let migration = tokio::spawn(migrate_until_done(store.clone(), migrated.clone(), shutdown_rx.clone()));
+
+    let state = AppState { store: store.clone(), migrated };
+    let app = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state);
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "web server listening (/healthz, /readyz)");
+    let mut servers = vec![tokio::spawn(serve_until(listener, app, shutdown_rx.clone()))];
+
+    if config.sql_endpoint.enabled {
+        let engine = store.engine().cloned().context("the SQL endpoint needs the embedded store")?;
+        let token = config.sql_endpoint.token.clone().unwrap_or_default();
+        let router = http_interface::router(engine, Access::ReadOnly { token });
+        let listener = TcpListener::bind(config.sql_endpoint.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (sql_endpoint.listen)", config.sql_endpoint.listen))?;
+        tracing::info!(address = %listener.local_addr()?, "read-only ClickHouse HTTP endpoint listening");
+        servers.push(tokio::spawn(serve_until(listener, router, shutdown_rx.clone())));
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests");
+    let _ = shutdown_tx.send(true);
+    for server in servers {
+        server.await.context("web server task failed")??;
+    }
+    migration.abort();
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_until(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("web server failed")
+}
+
+/// Migrates, retrying with backoff while the store cannot be reached; a
+/// schema newer than this build is fatal to readiness and says so.
+async fn migrate_until_done(store: Store, migrated: Arc<AtomicBool>, mut shutdown: watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match store.migrate().await {
+            Ok(report) => {
+                tracing::info!(version = report.version, applied = ?report.applied, "schema ready");
+                migrated.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(err @ waybill_store::StoreError::SchemaTooNew { .. }) => {
+                tracing::error!(error = %err, "not ready");
+                return;
+            }
+            Err(err) => tracing::warn!(error = %err, retry_in = ?delay, "migration failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the schema is migrated and the store answers now.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    if !state.migrated.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: schema not migrated yet\n".into());
+    }
+    match state.store.ping(Duration::from_secs(2)).await {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {err}\n")),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

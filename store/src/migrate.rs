@@ -1,0 +1,143 @@
+//! Versioned schema migrations, applied at start and by `waybill migrate`.
+//!
+//! Every statement is idempotent (`IF NOT EXISTS`), so two processes that
+//! migrate at once converge on the same schema; each applied version is
+//! recorded in `waybill_schema_migrations`, whose ReplacingMergeTree
+//! collapses the duplicate rows such a race leaves. Retention is not a
+//! migration: it follows the config on every run (`MODIFY TTL` when changed).
+
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{self, SchemaTarget, TableDef};
+use crate::sql::quote_string;
+use crate::{Store, StoreError};
+
+/// One schema version: the statements that bring the previous one to it.
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub statements: fn(&SchemaTarget) -> Vec<String>,
+}
+
+/// Every migration, in order. Append; never edit a released one.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "OpenTelemetry traces and logs tables",
+    statements: |target| {
+        let mut statements = target.create_table(&schema::OTEL_TRACES);
+        statements.extend(target.create_table(&schema::OTEL_TRACES_TRACE_ID_TS));
+        statements.push(target.create_trace_id_ts_view());
+        statements.extend(target.create_table(&schema::OTEL_LOGS));
+        statements
+    },
+}];
+
+/// The newest schema version this build knows.
+pub fn latest_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// What a migration run did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Versions applied by this run.
+    pub applied: Vec<u32>,
+    /// Tables whose TTL was changed to the configured retention.
+    pub retention_changed: Vec<&'static str>,
+    /// The schema version after the run.
+    pub version: u32,
+}
+
+#[derive(Row, Serialize, Deserialize)]
+struct MigrationRow {
+    #[serde(rename = "Version")]
+    version: u32,
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "AppliedAt")]
+    applied_at_ms: i64,
+    #[serde(rename = "AppliedBy")]
+    applied_by: String,
+}
+
+impl Store {
+    /// Brings the schema to [`latest_version`] and retention to the config.
+    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        let target = self.target().clone();
+        // The database may not exist yet: run that statement outside it.
+        let outside = self.client().clone().with_database("default");
+        let create_db = target.create_database();
+        outside.query(&create_db).execute().await.map_err(StoreError::clickhouse("create database"))?;
+        for statement in target.create_table(&schema::SCHEMA_MIGRATIONS) {
+            self.execute(&statement).await?;
+        }
+
+        let applied: Vec<u32> = self
+            .fetch_all(&format!("SELECT DISTINCT Version FROM {} ORDER BY Version", schema::SCHEMA_MIGRATIONS.name))
+            .await?;
+        let found = applied.last().copied().unwrap_or(0);
+        if found > latest_version() {
+            return Err(StoreError::SchemaTooNew { found, known: latest_version() });
+        }
+
+        let mut report = MigrationReport::default();
+        for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+            tracing::info!(version = migration.version, name = migration.name, "applying schema migration");
+            for statement in (migration.statements)(&target) {
+                self.execute(&statement).await?;
+            }
+            let row = MigrationRow {
+                version: migration.version,
+                name: migration.name.to_owned(),
+                applied_at_ms: now_ms(),
+                applied_by: format!("waybill {} pid {}", env!("CARGO_PKG_VERSION"), std::process::id()),
+            };
+            self.insert(schema::SCHEMA_MIGRATIONS.name, &[row]).await?;
+            report.applied.push(migration.version);
+        }
+
+        for table in schema::RETAINED_TABLES {
+            if self.apply_retention(table).await? {
+                report.retention_changed.push(table.name);
+            }
+        }
+        report.version = latest_version();
+        Ok(report)
+    }
+
+    /// Sets `table`'s TTL to the configured retention when it differs.
+    async fn apply_retention(&self, table: &TableDef) -> Result<bool, StoreError> {
+        let target = self.target();
+        let (Some(expected), Some(alter)) = (target.ttl_expression(table), target.modify_ttl(table)) else {
+            return Ok(false);
+        };
+        let engine_full: Vec<String> = self
+            .fetch_all(&format!(
+                "SELECT engine_full FROM system.tables WHERE database = {} AND name = {}",
+                quote_string(&target.database),
+                quote_string(&target.storage_table(table))
+            ))
+            .await?;
+        if engine_full.iter().all(|e| e.contains(&format!("TTL {expected}"))) {
+            return Ok(false);
+        }
+        tracing::info!(table = table.name, days = target.retention_days, "changing retention");
+        self.execute(&alter).await?;
+        Ok(true)
+    }
+
+    /// The schema version recorded in the database (0 when none).
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        let versions: Vec<u32> = self
+            .fetch_all(&format!("SELECT max(Version) FROM {}", schema::SCHEMA_MIGRATIONS.name))
+            .await?;
+        Ok(versions.first().copied().unwrap_or(0))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

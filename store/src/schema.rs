@@ -1,0 +1,316 @@
+//! Every table Waybill creates, written once and rendered for one node
+//! (`MergeTree`) or a cluster (`Replicated*MergeTree` local tables plus
+//! `Distributed` tables, all `ON CLUSTER`).
+//!
+//! `otel_traces` and `otel_logs` follow the OpenTelemetry Collector's
+//! ClickHouse exporter (exporter/clickhouseexporter/internal/sqltemplates)
+//! column for column, so Grafana's ClickHouse data source reads them unchanged.
+
+use crate::sql::quote_identifier;
+
+/// Where and how the schema is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaTarget {
+    pub database: String,
+    /// Cluster name from the server's `remote_servers`; `None` for one node.
+    pub cluster: Option<String>,
+    pub retention_days: u32,
+}
+
+/// MergeTree family member a table is built on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    MergeTree,
+    AggregatingMergeTree,
+    /// ReplacingMergeTree with the given version column.
+    ReplacingMergeTree(&'static str),
+}
+
+/// One table, engine-agnostic.
+#[derive(Debug, Clone, Copy)]
+pub struct TableDef {
+    pub name: &'static str,
+    /// The column and index list, without the surrounding parentheses.
+    pub columns: &'static str,
+    pub engine: EngineKind,
+    /// PARTITION BY / PRIMARY KEY / ORDER BY clauses.
+    pub keys: &'static str,
+    /// Expression that retention counts from; `None` keeps rows forever.
+    pub ttl_from: Option<&'static str>,
+    pub settings: &'static str,
+    /// Expression that spreads rows over shards in a cluster.
+    pub shard_key: &'static str,
+}
+
+pub const OTEL_TRACES: TableDef = TableDef {
+    name: "otel_traces",
+    columns: "
+    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    ParentSpanId String CODEC(ZSTD(1)),
+    TraceState String CODEC(ZSTD(1)),
+    SpanName LowCardinality(String) CODEC(ZSTD(1)),
+    SpanKind LowCardinality(String) CODEC(ZSTD(1)),
+    ServiceName LowCardinality(String) CODEC(ZSTD(1)),
+    ResourceAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    ScopeName String CODEC(ZSTD(1)),
+    ScopeVersion String CODEC(ZSTD(1)),
+    SpanAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    Duration UInt64 CODEC(T64, ZSTD(1)),
+    StatusCode LowCardinality(String) CODEC(ZSTD(1)),
+    StatusMessage String CODEC(ZSTD(1)),
+    Events Nested (
+        Timestamp DateTime64(9),
+        Name LowCardinality(String),
+        Attributes Map(LowCardinality(String), String)
+    ) CODEC(ZSTD(1)),
+    Links Nested (
+        TraceId String,
+        SpanId String,
+        TraceState String,
+        Attributes Map(LowCardinality(String), String)
+    ) CODEC(ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_value mapValues(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_duration Duration TYPE minmax GRANULARITY 1,
+    INDEX idx_lower_span_name lower(SpanName) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8",
+    engine: EngineKind::MergeTree,
+    keys: "PARTITION BY toDate(Timestamp)
+PRIMARY KEY (ServiceName, SpanName, toDateTime(Timestamp))
+ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)",
+    ttl_from: Some("toDateTime(Timestamp)"),
+    settings: "index_granularity = 8192, ttl_only_drop_parts = 1",
+    shard_key: "cityHash64(TraceId)",
+};
+
+/// Trace id → first and last timestamp, kept by a materialized view; Grafana
+/// uses it to narrow trace lookups to a time range.
+pub const OTEL_TRACES_TRACE_ID_TS: TableDef = TableDef {
+    name: "otel_traces_trace_id_ts",
+    columns: "
+    TraceId String CODEC(ZSTD(1)),
+    Start SimpleAggregateFunction(min, DateTime) CODEC(ZSTD(1)),
+    End SimpleAggregateFunction(max, DateTime) CODEC(ZSTD(1))",
+    engine: EngineKind::AggregatingMergeTree,
+    keys: "PARTITION BY toStartOfWeek(Start)
+ORDER BY (TraceId)",
+    ttl_from: Some("toDateTime(Start)"),
+    settings: "index_granularity = 8192, ttl_only_drop_parts = 1",
+    shard_key: "cityHash64(TraceId)",
+};
+
+pub const OTEL_LOGS: TableDef = TableDef {
+    name: "otel_logs",
+    columns: "
+    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    TimestampTime DateTime DEFAULT toDateTime(Timestamp),
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    TraceFlags UInt8,
+    SeverityText LowCardinality(String) CODEC(ZSTD(1)),
+    SeverityNumber UInt8,
+    ServiceName LowCardinality(String) CODEC(ZSTD(1)),
+    Body String CODEC(ZSTD(1)),
+    ResourceSchemaUrl LowCardinality(String) CODEC(ZSTD(1)),
+    ResourceAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    ScopeSchemaUrl LowCardinality(String) CODEC(ZSTD(1)),
+    ScopeName String CODEC(ZSTD(1)),
+    ScopeVersion LowCardinality(String) CODEC(ZSTD(1)),
+    ScopeAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    LogAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_scope_attr_key mapKeys(ScopeAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_scope_attr_value mapValues(ScopeAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_log_attr_key mapKeys(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_log_attr_value mapValues(LogAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_body Body TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8",
+    engine: EngineKind::MergeTree,
+    keys: "PARTITION BY toDate(TimestampTime)
+PRIMARY KEY (ServiceName, TimestampTime)
+ORDER BY (ServiceName, TimestampTime, Timestamp)",
+    ttl_from: Some("TimestampTime"),
+    settings: "index_granularity = 8192, ttl_only_drop_parts = 1",
+    shard_key: "cityHash64(TraceId)",
+};
+
+/// Which schema versions have been applied; one row per version, rows from
+/// concurrent runs collapse by version.
+pub const SCHEMA_MIGRATIONS: TableDef = TableDef {
+    name: "waybill_schema_migrations",
+    columns: "
+    Version UInt32,
+    Name String,
+    AppliedAt DateTime64(3),
+    AppliedBy String",
+    engine: EngineKind::ReplacingMergeTree("AppliedAt"),
+    keys: "ORDER BY Version",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "Version",
+};
+
+impl SchemaTarget {
+    fn db(&self) -> String {
+        quote_identifier(&self.database)
+    }
+
+    fn on_cluster(&self) -> String {
+        match &self.cluster {
+            Some(cluster) => format!(" ON CLUSTER {}", quote_identifier(cluster)),
+            None => String::new(),
+        }
+    }
+
+    /// The table that holds the rows: the table itself on one node, the
+    /// `<name>_local` replicated table on a cluster.
+    pub fn storage_table(&self, table: &TableDef) -> String {
+        match self.cluster {
+            Some(_) => format!("{}_local", table.name),
+            None => table.name.to_owned(),
+        }
+    }
+
+    /// `TTL <from> + toIntervalDay(<days>)`, or nothing.
+    pub fn ttl_expression(&self, table: &TableDef) -> Option<String> {
+        table.ttl_from.map(|from| format!("{from} + toIntervalDay({})", self.retention_days))
+    }
+
+    pub fn create_database(&self) -> String {
+        format!("CREATE DATABASE IF NOT EXISTS {}{}", self.db(), self.on_cluster())
+    }
+
+    /// The statements that create `table`: one on a single node; the
+    /// replicated local table and the Distributed table over it on a cluster.
+    pub fn create_table(&self, table: &TableDef) -> Vec<String> {
+        let storage = self.storage_table(table);
+        let engine = match (&self.cluster, table.engine) {
+            (None, EngineKind::MergeTree) => "MergeTree()".to_owned(),
+            (None, EngineKind::AggregatingMergeTree) => "AggregatingMergeTree()".to_owned(),
+            (None, EngineKind::ReplacingMergeTree(version)) => format!("ReplacingMergeTree({version})"),
+            (Some(_), kind) => {
+                // Macros {shard}, {replica}, {database}, {table} come from each
+                // server's config (deploy/clickhouse-cluster/).
+                let path = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'";
+                match kind {
+                    EngineKind::MergeTree => format!("ReplicatedMergeTree({path})"),
+                    EngineKind::AggregatingMergeTree => format!("ReplicatedAggregatingMergeTree({path})"),
+                    EngineKind::ReplacingMergeTree(version) => format!("ReplicatedReplacingMergeTree({path}, {version})"),
+                }
+            }
+        };
+        let ttl = self.ttl_expression(table).map(|e| format!("\nTTL {e}")).unwrap_or_default();
+        let mut statements = vec![format!(
+            "CREATE TABLE IF NOT EXISTS {}.{}{} ({}\n) ENGINE = {engine}\n{}{ttl}\nSETTINGS {}",
+            self.db(),
+            quote_identifier(&storage),
+            self.on_cluster(),
+            table.columns,
+            table.keys,
+            table.settings
+        )];
+        if let Some(cluster) = &self.cluster {
+            statements.push(format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local} ENGINE = Distributed({cluster}, {database}, {local_lit}, {key})",
+                db = self.db(),
+                name = quote_identifier(table.name),
+                on = self.on_cluster(),
+                local = quote_identifier(&storage),
+                cluster = crate::sql::quote_string(cluster),
+                database = crate::sql::quote_string(&self.database),
+                local_lit = crate::sql::quote_string(&storage),
+                key = table.shard_key,
+            ));
+        }
+        statements
+    }
+
+    /// The materialized view that fills `otel_traces_trace_id_ts` from
+    /// `otel_traces`, local table to local table on a cluster.
+    pub fn create_trace_id_ts_view(&self) -> String {
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view}{on} TO {db}.{target} AS SELECT
+    TraceId,
+    min(Timestamp) AS Start,
+    max(Timestamp) AS End
+FROM {db}.{source}
+WHERE TraceId != ''
+GROUP BY TraceId",
+            db = self.db(),
+            view = quote_identifier("otel_traces_trace_id_ts_mv"),
+            on = self.on_cluster(),
+            target = quote_identifier(&self.storage_table(&OTEL_TRACES_TRACE_ID_TS)),
+            source = quote_identifier(&self.storage_table(&OTEL_TRACES)),
+        )
+    }
+
+    /// Changes a table's retention to the configured number of days.
+    pub fn modify_ttl(&self, table: &TableDef) -> Option<String> {
+        let ttl = self.ttl_expression(table)?;
+        Some(format!(
+            "ALTER TABLE {}.{}{} MODIFY TTL {ttl}",
+            self.db(),
+            quote_identifier(&self.storage_table(table)),
+            self.on_cluster()
+        ))
+    }
+}
+
+/// Tables whose retention follows `store.retention_days`.
+pub const RETAINED_TABLES: &[TableDef] = &[OTEL_TRACES, OTEL_TRACES_TRACE_ID_TS, OTEL_LOGS];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single() -> SchemaTarget {
+        SchemaTarget { database: "waybill".into(), cluster: None, retention_days: 14 }
+    }
+
+    fn cluster() -> SchemaTarget {
+        SchemaTarget { database: "waybill".into(), cluster: Some("waybill_cluster".into()), retention_days: 14 }
+    }
+
+    #[test]
+    fn single_node_tables_are_merge_tree_with_ttl() {
+        let statements = single().create_table(&OTEL_TRACES);
+        assert_eq!(statements.len(), 1);
+        let ddl = &statements[0];
+        assert!(ddl.starts_with("CREATE TABLE IF NOT EXISTS `waybill`.`otel_traces` ("), "{ddl}");
+        assert!(ddl.contains("ENGINE = MergeTree()"), "{ddl}");
+        assert!(ddl.contains("TTL toDateTime(Timestamp) + toIntervalDay(14)"), "{ddl}");
+        assert!(!ddl.contains("ON CLUSTER"), "{ddl}");
+    }
+
+    #[test]
+    fn cluster_tables_are_replicated_with_a_distributed_table_on_top() {
+        let statements = cluster().create_table(&OTEL_LOGS);
+        assert_eq!(statements.len(), 2);
+        assert!(statements[0].contains("`otel_logs_local` ON CLUSTER `waybill_cluster`"), "{}", statements[0]);
+        assert!(
+            statements[0].contains("ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')"),
+            "{}",
+            statements[0]
+        );
+        assert!(statements[1].contains(
+            "`waybill`.`otel_logs` ON CLUSTER `waybill_cluster` AS `waybill`.`otel_logs_local` ENGINE = Distributed('waybill_cluster', 'waybill', 'otel_logs_local', cityHash64(TraceId))"
+        ), "{}", statements[1]);
+        let view = cluster().create_trace_id_ts_view();
+        assert!(view.contains("TO `waybill`.`otel_traces_trace_id_ts_local`") && view.contains("FROM `waybill`.`otel_traces_local`"), "{view}");
+        let ttl = cluster().modify_ttl(&OTEL_TRACES).unwrap();
+        assert_eq!(ttl, "ALTER TABLE `waybill`.`otel_traces_local` ON CLUSTER `waybill_cluster` MODIFY TTL toDateTime(Timestamp) + toIntervalDay(14)");
+    }
+
+    #[test]
+    fn migrations_table_keeps_no_ttl() {
+        assert!(single().modify_ttl(&SCHEMA_MIGRATIONS).is_none());
+        let ddl = &cluster().create_table(&SCHEMA_MIGRATIONS)[0];
+        assert!(ddl.contains("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', AppliedAt)"), "{ddl}");
+        assert!(!ddl.contains("TTL"), "{ddl}");
+    }
+}
