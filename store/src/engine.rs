@@ -229,10 +229,8 @@ impl Engine {
             }),
         };
         if open.is_none() {
-            // chDB aborts in its static destructors when a connection is still
-            // open at exit, losing buffered output; close it first.
-            // SAFETY: registering a plain extern "C" function with atexit.
-            unsafe { libc::atexit(close_open_engine_at_exit) };
+            // SAFETY: registering a plain extern "C" function with glibc's on_exit.
+            unsafe { on_exit(exit_without_engine_destructors, std::ptr::null_mut()) };
         }
         *open = Some(engine.clone());
         Ok(engine)
@@ -357,10 +355,30 @@ fn connect(api: &Api, data_dir: &Path) -> Result<*mut *mut c_void, EngineError> 
     Ok(conn)
 }
 
-extern "C" fn close_open_engine_at_exit() {
-    if let Ok(open) = OPEN_ENGINE.try_lock() {
-        if let Some(engine) = open.as_ref() {
-            engine.close();
+extern "C" {
+    /// glibc: like `atexit`, but the handler receives the exit status.
+    fn on_exit(function: extern "C" fn(c_int, *mut c_void), arg: *mut c_void) -> c_int;
+}
+
+/// Runs at `exit` while an engine may still be open (code paths that did
+/// not call [`Engine::close`], such as a test harness). chDB's static
+/// destructors abort or crash when a connection is open, and closing it
+/// this late crashes too, since destructors registered after this handler
+/// have already run. Every acknowledged insert is already on disk, so flush
+/// our output and leave with the same status, skipping those destructors.
+extern "C" fn exit_without_engine_destructors(status: c_int, _arg: *mut c_void) {
+    let still_open = match OPEN_ENGINE.try_lock() {
+        Ok(open) => open.as_ref().is_some_and(|e| e.inner.session.try_lock().map_or(true, |s| s.is_some())),
+        Err(_) => true,
+    };
+    if still_open {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // SAFETY: flushing C stdio and leaving the process; nothing runs after.
+        unsafe {
+            libc::fflush(std::ptr::null_mut());
+            libc::_exit(status);
         }
     }
 }

@@ -43,8 +43,10 @@ struct HttpState {
     engine: Engine,
     access: Arc<Access>,
     spool_dir: PathBuf,
-    spool_seq: Arc<AtomicU64>,
 }
+
+/// Numbers spool files; process-wide, since several routers share one engine.
+static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The interface as an axum router with its state applied.
 pub fn router(engine: Engine, access: Access) -> Router {
@@ -53,7 +55,7 @@ pub fn router(engine: Engine, access: Access) -> Router {
         Access::ReadWrite => READ_WRITE_BODY_LIMIT,
         Access::ReadOnly { .. } => READ_ONLY_BODY_LIMIT,
     };
-    let state = HttpState { engine, access: Arc::new(access), spool_dir, spool_seq: Arc::new(AtomicU64::new(0)) };
+    let state = HttpState { engine, access: Arc::new(access), spool_dir };
     Router::new()
         .route("/ping", get(ping))
         .route("/", any(handle))
@@ -253,6 +255,11 @@ fn read_only_statement(sql: &str) -> Result<String, ChError> {
             READING_STATEMENTS.join(", ")
         )));
     }
+    // A SETTINGS clause in a subquery overrides the outer `readonly = 1`
+    // (ClickHouse applies it to the subquery's context), so none is accepted.
+    if tokens.iter().any(|t| sql::word(sql, t).is_some_and(|w| w.eq_ignore_ascii_case("SETTINGS"))) {
+        return Err(ChError::readonly("SETTINGS clauses are not allowed on the read-only endpoint"));
+    }
     if sql::has_word_pair(sql, &tokens, "INTO", "OUTFILE") {
         return Err(ChError::readonly("INTO OUTFILE is not allowed on the read-only endpoint"));
     }
@@ -370,7 +377,7 @@ async fn execute(
             let path = state.spool_dir.join(format!(
                 "insert-{}-{}.bin",
                 std::process::id(),
-                state.spool_seq.fetch_add(1, Ordering::Relaxed)
+                SPOOL_SEQ.fetch_add(1, Ordering::Relaxed)
             ));
             let sql_text = format!(
                 "{head} FROM INFILE {}{} FORMAT {format}",
@@ -519,6 +526,9 @@ mod tests {
         assert_eq!(read_only_statement("SELECT 1; DROP TABLE t").unwrap_err().code, 62);
         assert_eq!(read_only_statement("SELECT 1 INTO OUTFILE 'x'").unwrap_err().code, 164);
         assert_eq!(read_only_statement("SELECT 'unterminated").unwrap_err().code, 62);
+        let nested = "SELECT * FROM (SELECT * FROM file('/etc/passwd') settings readonly = 0)";
+        assert_eq!(read_only_statement(nested).unwrap_err().code, 164);
+        assert!(read_only_statement("SELECT `settings` FROM t").is_ok());
     }
 
     #[test]

@@ -1,0 +1,220 @@
+//! The store against the real embedded ClickHouse engine: migrations, row
+//! round trips, retention, restart, and server mode through the HTTP
+//! interface with the official client over TCP.
+
+mod common;
+
+use common::rows;
+use waybill_store::config::{Compression, ServerConfig};
+use waybill_store::http_interface::{self, Access};
+use waybill_store::{LogRow, SpanRow, Store, StoreConfig, StoreMode};
+
+const SPAN_COLUMNS: &str = "Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, \
+    ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, \
+    `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, \
+    `Links.TraceState`, `Links.Attributes`";
+
+const LOG_COLUMNS: &str = "Timestamp, TraceId, SpanId, TraceFlags, SeverityText, SeverityNumber, ServiceName, Body, \
+    ResourceSchemaUrl, ResourceAttributes, ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes, LogAttributes";
+
+/// A span whose strings hold what breaks naive encodings: blank lines
+/// (which cut chDB's inline insert data), tabs, quotes, NUL and non-ASCII.
+fn awkward_span() -> SpanRow {
+    let mut span = rows::span(3);
+    span.span_id = "00000000ffffffff".into();
+    span.status_message = "line one\n\nline three\tquoted 'x' \"y\" \\ \u{0} Zürich 東京".into();
+    span.span_attributes.push(("note".into(), "\n\n".into()));
+    span.events_timestamp_ns = vec![span.timestamp_ns + 1, span.timestamp_ns + 2];
+    span.events_name = vec!["first".into(), "second".into()];
+    span.events_attributes = vec![vec![], vec![("k".into(), "v".into())]];
+    span
+}
+
+async fn read_spans(store: &Store) -> Vec<SpanRow> {
+    store.fetch_all(&format!("SELECT {SPAN_COLUMNS} FROM otel_traces ORDER BY SpanId")).await.unwrap()
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_record_their_version() {
+    let store = common::store("t_migrations").await;
+    assert_eq!(store.schema_version().await.unwrap(), 1);
+    let again = store.migrate().await.unwrap();
+    assert!(again.applied.is_empty(), "second run applied {:?}", again.applied);
+    assert!(again.retention_changed.is_empty());
+    let tables: Vec<String> = store
+        .fetch_all("SELECT name FROM system.tables WHERE database = 't_migrations' ORDER BY name")
+        .await
+        .unwrap();
+    assert_eq!(
+        tables,
+        ["otel_logs", "otel_traces", "otel_traces_trace_id_ts", "otel_traces_trace_id_ts_mv", "waybill_schema_migrations"]
+    );
+}
+
+#[tokio::test]
+async fn concurrent_migrations_converge_on_one_schema() {
+    let engine = common::engine();
+    let first = Store::embedded(engine.clone(), common::target("t_concurrent"));
+    let second = Store::embedded(engine, common::target("t_concurrent"));
+    common::drop_database(&first).await;
+    let (a, b) = tokio::join!(first.migrate(), second.migrate());
+    a.unwrap();
+    b.unwrap();
+    let recorded: Vec<u32> = first.fetch_all("SELECT Version FROM waybill_schema_migrations FINAL").await.unwrap();
+    assert_eq!(recorded, [1]);
+    assert!(first.migrate().await.unwrap().applied.is_empty());
+}
+
+#[tokio::test]
+async fn spans_round_trip_with_every_column() {
+    let store = common::store("t_span_round_trip").await;
+    let written: Vec<SpanRow> = (0..200).map(rows::span).chain([awkward_span()]).collect();
+    store.insert_spans(&written).await.unwrap();
+    let mut expected = written.clone();
+    expected.sort_by(|a, b| a.span_id.cmp(&b.span_id));
+    assert_eq!(read_spans(&store).await, expected);
+    // The materialized view filled the trace id lookup table.
+    let traces: Vec<u64> = store.fetch_all("SELECT count() FROM otel_traces_trace_id_ts FINAL").await.unwrap();
+    assert_eq!(traces, [50]);
+}
+
+#[tokio::test]
+async fn logs_round_trip_and_get_their_time_column() {
+    let store = common::store("t_log_round_trip").await;
+    let written: Vec<LogRow> = (0..50).map(rows::log).collect();
+    store.insert_logs(&written).await.unwrap();
+    let read: Vec<LogRow> =
+        store.fetch_all(&format!("SELECT {LOG_COLUMNS} FROM otel_logs ORDER BY Timestamp")).await.unwrap();
+    assert_eq!(read, written);
+    let mismatched: Vec<u64> = store
+        .fetch_all("SELECT countIf(TimestampTime != toDateTime(Timestamp)) FROM otel_logs")
+        .await
+        .unwrap();
+    assert_eq!(mismatched, [0]);
+}
+
+#[tokio::test]
+async fn retention_is_a_ttl_that_follows_the_config() {
+    let store = common::store("t_retention").await;
+    let engine_full = |table: &'static str| {
+        let store = store.clone();
+        async move {
+            let rows: Vec<String> = store
+                .fetch_all(&format!(
+                    "SELECT engine_full FROM system.tables WHERE database = 't_retention' AND name = '{table}'"
+                ))
+                .await
+                .unwrap();
+            rows.into_iter().next().unwrap()
+        }
+    };
+    assert!(engine_full("otel_traces").await.contains("TTL toDateTime(Timestamp) + toIntervalDay(30)"));
+    assert!(engine_full("otel_logs").await.contains("TTL TimestampTime + toIntervalDay(30)"));
+
+    let mut target = store.target().clone();
+    target.retention_days = 3;
+    let shorter = Store::embedded(common::engine(), target);
+    let report = shorter.migrate().await.unwrap();
+    assert_eq!(report.retention_changed, ["otel_traces", "otel_traces_trace_id_ts", "otel_logs"]);
+    assert!(engine_full("otel_traces").await.contains("TTL toDateTime(Timestamp) + toIntervalDay(3)"));
+    assert!(shorter.migrate().await.unwrap().retention_changed.is_empty());
+}
+
+#[tokio::test]
+async fn queries_on_missing_tables_report_clickhouse_errors() {
+    let store = common::store("t_errors").await;
+    let err = store.execute("SELECT * FROM no_such_table").await.unwrap_err().to_string();
+    assert!(err.contains("UNKNOWN_TABLE") && err.contains("no_such_table"), "{err}");
+    // The store keeps working after a failed query.
+    assert_eq!(store.schema_version().await.unwrap(), 1);
+}
+
+/// Server mode, exactly as against a ClickHouse server: the store's client
+/// with LZ4 over TCP to the HTTP interface serving the embedded engine.
+#[tokio::test]
+async fn server_mode_works_through_the_http_interface() {
+    let addr = common::serve(http_interface::router(common::engine(), Access::ReadWrite)).await;
+    let config = StoreConfig {
+        mode: StoreMode::Server,
+        database: "t_server_mode".into(),
+        server: ServerConfig { url: format!("http://{addr}"), compression: Compression::Lz4, ..ServerConfig::default() },
+        ..StoreConfig::default()
+    };
+    let store = Store::open(&config).await.unwrap();
+    common::drop_database(&store).await;
+    assert_eq!(store.migrate().await.unwrap().applied, [1]);
+    let written: Vec<SpanRow> = (0..3000).map(rows::span).chain([awkward_span()]).collect();
+    store.insert_spans(&written).await.unwrap();
+    let mut expected = written;
+    expected.sort_by(|a, b| a.span_id.cmp(&b.span_id));
+    assert_eq!(read_spans(&store).await, expected);
+
+    let err = store.execute("SELECT * FROM no_such_table").await.unwrap_err().to_string();
+    assert!(err.contains("Code: 60") && err.contains("UNKNOWN_TABLE"), "{err}");
+
+    // The raw protocol: status, exception header and summary as ClickHouse sends them.
+    let missing = common::http(addr, "POST", "/?database=t_server_mode", &[], b"SELECT * FROM nope").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.header("X-ClickHouse-Exception-Code"), Some("60"));
+    let syntax = common::http(addr, "POST", "/", &[], b"SELEC 1").await;
+    assert_eq!((syntax.status, syntax.header("X-ClickHouse-Exception-Code")), (400, Some("62")));
+    let insert = common::http(
+        addr,
+        "POST",
+        &format!("/?database=t_server_mode&query={}", common::encode("INSERT INTO waybill_schema_migrations (Version, Name) FORMAT TSV")),
+        &[],
+        b"90\tfrom tsv\n",
+    )
+    .await;
+    assert_eq!(insert.status, 200, "{}", insert.text());
+    assert!(insert.header("X-ClickHouse-Summary").unwrap().contains("\"written_rows\":\"1\""));
+    let json = common::http(addr, "GET", &format!("/?query={}&default_format=JSONEachRow", common::encode("SELECT 1 AS x")), &[], b"").await;
+    assert_eq!((json.status, json.text().as_str()), (200, "{\"x\":1}\n"));
+    assert_eq!(json.header("Content-Type"), Some("application/json; charset=UTF-8"));
+    let get_write = common::http(addr, "GET", &format!("/?query={}", common::encode("DROP DATABASE t_server_mode")), &[], b"").await;
+    assert_eq!(get_write.status, 403, "GET must be read-only as in ClickHouse");
+    let params = common::http(addr, "POST", "/?param_n=41", &[], b"SELECT {n:UInt8} + 1").await;
+    assert_eq!(params.text(), "42\n");
+}
+
+/// Restart: a second process opens the same data directory and finds the rows.
+#[tokio::test]
+async fn data_survives_an_engine_restart() {
+    if let Ok(dir) = std::env::var("WAYBILL_TEST_RESTART_DIR") {
+        return restart_child(&dir).await;
+    }
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |step: &str| {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["data_survives_an_engine_restart", "--exact", "--nocapture", "--test-threads=1"])
+            .env("WAYBILL_TEST_RESTART_DIR", &dir)
+            .env("WAYBILL_TEST_RESTART_STEP", step)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{step} failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+        stdout
+    };
+    let wrote = run("write");
+    assert!(wrote.contains("restart-step write rows=120"), "{wrote}");
+    let read = run("read");
+    assert!(read.contains("restart-step read rows=120"), "{read}");
+}
+
+async fn restart_child(dir: &str) {
+    let step = std::env::var("WAYBILL_TEST_RESTART_STEP").unwrap();
+    let config = StoreConfig {
+        database: "t_restart".into(),
+        embedded: waybill_store::config::EmbeddedConfig { path: dir.into(), library: Some(common::library()) },
+        ..StoreConfig::default()
+    };
+    let store = Store::open(&config).await.unwrap();
+    store.migrate().await.unwrap();
+    if step == "write" {
+        store.insert_spans(&(0..120).map(rows::span).collect::<Vec<_>>()).await.unwrap();
+    }
+    let count: u64 = store.client().query("SELECT count() FROM otel_traces").fetch_one().await.unwrap();
+    println!("restart-step {step} rows={count}");
+    store.close().await;
+}
