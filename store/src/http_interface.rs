@@ -353,8 +353,7 @@ async fn execute(
     let statement = match &request.query {
         Some(query) => match sql::insert_with_format(query.as_bytes()) {
             Some(shape) => {
-                let mut data = shape.inline_data.to_vec();
-                data.extend_from_slice(&decompress_body(&body, request.decompress)?);
+                let data = vec![Bytes::copy_from_slice(shape.inline_data), decompress_body(&body, request.decompress)?];
                 Statement::Insert { head: shape.head.to_owned(), format: shape.format.to_owned(), data }
             }
             None => Statement::Other(format!("{query}{}", utf8_query(&body)?)),
@@ -363,7 +362,7 @@ async fn execute(
             Some(shape) => Statement::Insert {
                 head: shape.head.to_owned(),
                 format: shape.format.to_owned(),
-                data: decompress_body(shape.inline_data, request.decompress)?,
+                data: vec![decompress_body(&body.slice_ref(shape.inline_data), request.decompress)?],
             },
             None => Statement::Other(utf8_query(&body)?.to_owned()),
         },
@@ -410,7 +409,7 @@ async fn execute(
     let output = tokio::task::spawn_blocking(move || -> Result<QueryOutput, ChError> {
         if let Some((path, data)) = &spool {
             std::fs::create_dir_all(&spool_dir)
-                .and_then(|()| std::fs::write(path, data))
+                .and_then(|()| write_parts(path, data))
                 .map_err(|e| ChError::new(1001, "STD_EXCEPTION", format_args!("cannot spool insert data to {}: {e}", path.display())))?;
         }
         let result = engine.query(EngineQuery {
@@ -450,7 +449,8 @@ async fn execute(
 
 /// A request's statement: an INSERT whose data came along, or anything else.
 enum Statement {
-    Insert { head: String, format: String, data: Vec<u8> },
+    /// `data` is written in order: inline data from the query, then the body.
+    Insert { head: String, format: String, data: Vec<Bytes> },
     Other(String),
 }
 
@@ -461,13 +461,13 @@ fn utf8_query(bytes: &[u8]) -> Result<&str, ChError> {
 /// Undoes ClickHouse's native block compression (`decompress=1`): blocks of
 /// 16-byte CityHash128 checksum, method byte, compressed and uncompressed
 /// sizes, then the payload. Method 0x82 is LZ4, 0x02 is none.
-fn decompress_body(body: &[u8], compressed: bool) -> Result<Vec<u8>, ChError> {
+fn decompress_body(body: &Bytes, compressed: bool) -> Result<Bytes, ChError> {
     if !compressed {
-        return Ok(body.to_vec());
+        return Ok(body.clone());
     }
     let corrupt = |text: String| ChError::new(271, "CANNOT_DECOMPRESS", text);
     let mut out = Vec::with_capacity(body.len() * 3);
-    let mut rest = body;
+    let mut rest: &[u8] = body;
     while !rest.is_empty() {
         if rest.len() < 25 {
             return Err(corrupt(format!("truncated compressed block header ({} bytes)", rest.len())));
@@ -506,7 +506,17 @@ fn decompress_body(body: &[u8], compressed: bool) -> Result<Vec<u8>, ChError> {
         }
         rest = &rest[16 + compressed_size..];
     }
-    Ok(out)
+    Ok(out.into())
+}
+
+/// Writes the insert data to the spool file the INSERT will read.
+fn write_parts(path: &std::path::Path, parts: &[Bytes]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -571,15 +581,15 @@ mod tests {
         let block = clickhouse::_priv::lz4_compress(&plain).unwrap();
         let mut two = block.to_vec();
         two.extend_from_slice(&block);
-        let out = decompress_body(&two, true).unwrap();
+        let out = decompress_body(&Bytes::from(two), true).unwrap();
         assert_eq!(out.len(), plain.len() * 2);
         assert_eq!(&out[..plain.len()], &plain[..]);
 
         let mut corrupt = block.to_vec();
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0xff;
-        assert_eq!(decompress_body(&corrupt, true).unwrap_err().code, 271);
-        assert_eq!(decompress_body(&block[..20], true).unwrap_err().code, 271);
+        assert_eq!(decompress_body(&Bytes::from(corrupt), true).unwrap_err().code, 271);
+        assert_eq!(decompress_body(&block.slice(..20), true).unwrap_err().code, 271);
     }
 
     #[test]

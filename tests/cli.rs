@@ -1,0 +1,140 @@
+//! The `waybill` binary as an operator runs it: config errors, a missing
+//! engine, `migrate`, and `serve` with health checks and graceful shutdown.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn waybill(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_waybill"));
+    command
+        .current_dir(dir)
+        .env_remove("WAYBILL_CONFIG")
+        .env("WAYBILL_STORE__EMBEDDED__LIBRARY", common::library())
+        .env("WAYBILL_LOG__LEVEL", "warn");
+    command
+}
+
+fn work_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn a_missing_engine_library_says_how_to_fetch_it() {
+    let dir = work_dir("missing-library");
+    let output = waybill(&dir).arg("migrate").env("WAYBILL_STORE__EMBEDDED__LIBRARY", "/nonexistent/libchdb.so").output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = text(&output);
+    assert!(text.contains("/nonexistent/libchdb.so") && text.contains("scripts/fetch-engine.sh"), "{text}");
+}
+
+#[test]
+fn config_mistakes_are_reported_with_the_setting_to_fix() {
+    let dir = work_dir("config");
+    std::fs::write(dir.join("waybill.yaml"), "store:\n  mode: embedded\n  retention_days: 0\n").unwrap();
+    let output = waybill(&dir).args(["--config", "waybill.yaml", "check-config"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("store.retention_days must be between 1 and 36500"), "{}", text(&output));
+
+    std::fs::write(dir.join("typo.yaml"), "stor:\n  mode: embedded\n").unwrap();
+    let output = waybill(&dir).args(["--config", "typo.yaml", "check-config"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("unknown field `stor`"), "{}", text(&output));
+
+    let output = waybill(&dir).arg("check-config").env("WAYBILL_STORE__MODE", "cloud").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output).contains("WAYBILL_STORE__MODE"), "{}", text(&output));
+
+    let output = waybill(&dir).args(["--config", "missing.yaml", "check-config"]).output().unwrap();
+    assert!(text(&output).contains("cannot read config file missing.yaml"), "{}", text(&output));
+}
+
+/// Kills the child if the test fails before it is stopped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_for_status(port: u16, path: &str, want: u16, within: Duration) -> common::RawResponse {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let response = common::http(addr, "GET", path, &[], b"").await;
+            if response.status == want {
+                return response;
+            }
+        }
+        assert!(start.elapsed() < within, "{path} did not answer {want} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn serve_becomes_ready_serves_sql_and_stops_cleanly_on_sigterm() {
+    let dir = work_dir("serve");
+    let (http_port, sql_port) = (free_port(), free_port());
+    let token = "operator-token-0123456789";
+    let child = waybill(&dir)
+        .arg("serve")
+        .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("WAYBILL_SQL_ENDPOINT__ENABLED", "true")
+        .env("WAYBILL_SQL_ENDPOINT__LISTEN", format!("127.0.0.1:{sql_port}"))
+        .env("WAYBILL_SQL_ENDPOINT__TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+
+    let healthz = wait_for_status(http_port, "/healthz", 200, Duration::from_secs(60)).await;
+    assert_eq!(healthz.text(), "ok\n");
+    let ready = wait_for_status(http_port, "/readyz", 200, Duration::from_secs(60)).await;
+    assert_eq!(ready.text(), "ready\n");
+
+    let sql = common::http(
+        std::net::SocketAddr::from(([127, 0, 0, 1], sql_port)),
+        "POST",
+        "/?database=waybill",
+        &[("X-ClickHouse-Key", token)],
+        b"SELECT max(Version) FROM waybill_schema_migrations",
+    )
+    .await;
+    assert_eq!((sql.status, sql.text().as_str()), (200, "1\n"));
+
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe { libc::kill(running.0.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "waybill did not stop within 30 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(running.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit {status}: {stderr}");
+
+    // The data directory kept the schema: a second run has nothing to apply.
+    let output = waybill(&dir).arg("migrate").output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("schema is at version 1; nothing to apply"), "{}", text(&output));
+}
