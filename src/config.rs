@@ -46,7 +46,7 @@ pub struct SqlEndpointConfig {
     pub listen: SocketAddr,
     /// Required when enabled, at least 16 characters. Clients send it as a
     /// bearer token, as the basic-auth password or as `X-ClickHouse-Key`.
-    #[serde(deserialize_with = "lenient_optional_string")]
+    #[serde(deserialize_with = "waybill_store::config::lenient_optional_string")]
     pub token: Option<String>,
 }
 
@@ -69,10 +69,6 @@ impl Default for LogConfig {
     }
 }
 
-fn lenient_optional_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    waybill_store::config::lenient_string(deserializer).map(Some)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -93,18 +89,18 @@ const ENV_NOT_SETTINGS: &[&str] = &["WAYBILL_CONFIG", "WAYBILL_CACHE_DIR"];
 impl Config {
     /// Reads `path` (if any), applies `WAYBILL_*` overrides from `env`, and validates.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let (mut tree, origin) = match path {
+        let (text, origin) = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                let origin = format!("file {}", path.display());
-                let tree: serde_yaml::Value = serde_yaml::from_str(&text)
-                    .map_err(|source| ConfigError::Parse { origin: origin.clone(), source })?;
-                (tree, origin)
+                (text, format!("file {}", path.display()))
             }
-            None => (serde_yaml::Value::Null, "defaults".to_owned()),
+            None => (String::new(), "defaults".to_owned()),
         };
-        if tree.is_null() {
+        let mut tree: serde_yaml::Value =
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { origin: origin.clone(), source })?;
+        let empty_document = tree.is_null();
+        if empty_document {
             tree = serde_yaml::Value::Mapping(Default::default());
         }
         let mut overridden = Vec::new();
@@ -117,8 +113,17 @@ impl Config {
             apply_override(&mut tree, &var, &value)?;
             overridden.push(var);
         }
-        let origin = if overridden.is_empty() { origin } else { format!("{origin} with {}", overridden.join(", ")) };
-        let config: Config = serde_yaml::from_value(tree).map_err(|source| ConfigError::Parse { origin, source })?;
+        // Without overrides, parse the text itself so errors carry line numbers.
+        let config: Config = if overridden.is_empty() && !empty_document {
+            serde_yaml::from_str(&text)
+        } else {
+            serde_yaml::from_value(tree)
+        }
+        .map_err(|source| {
+            let origin =
+                if overridden.is_empty() { origin } else { format!("{origin} with {}", overridden.join(", ")) };
+            ConfigError::Parse { origin, source }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -228,6 +233,24 @@ mod tests {
         std::fs::write(&file, "store:\n  retention_dayz: 3\n").unwrap();
         let err = Config::load(Some(&file), env(&[])).unwrap_err().to_string();
         assert!(err.contains("retention_dayz") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_example_config_is_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/waybill.yaml");
+        assert_eq!(Config::load(Some(&path), env(&[])).unwrap(), Config::default());
+        let cluster = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/clickhouse-cluster/waybill-cluster.yaml");
+        let config = Config::load(Some(&cluster), env(&[])).unwrap();
+        assert_eq!(config.store.server.cluster.as_deref(), Some("waybill_cluster"));
+    }
+
+    #[test]
+    fn a_file_of_only_comments_gives_the_defaults() {
+        let dir = std::env::temp_dir().join(format!("waybill-config-comments-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("waybill.yaml");
+        std::fs::write(&file, "# nothing set yet\n").unwrap();
+        assert_eq!(Config::load(Some(&file), env(&[])).unwrap(), Config::default());
     }
 
     #[test]
