@@ -138,3 +138,59 @@ async fn serve_becomes_ready_serves_sql_and_stops_cleanly_on_sigterm() {
     assert!(output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("schema is at version 1; nothing to apply"), "{}", text(&output));
 }
+
+/// Two `waybill migrate` processes at once against one server (here the
+/// HTTP interface over this test's engine) converge on one schema.
+#[tokio::test]
+async fn two_processes_migrating_at_once_converge() {
+    let addr = common::serve(waybill_store::http_interface::router(
+        common::engine(),
+        waybill_store::http_interface::Access::ReadWrite,
+    ))
+    .await;
+    let dir = work_dir("two-migrations");
+    let spawn = || {
+        waybill(&dir)
+            .arg("migrate")
+            .env("WAYBILL_STORE__MODE", "server")
+            .env("WAYBILL_STORE__SERVER__URL", format!("http://{addr}"))
+            .env("WAYBILL_STORE__DATABASE", "t_two_processes")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    let outputs = tokio::task::spawn_blocking(move || [first.wait_with_output().unwrap(), second.wait_with_output().unwrap()])
+        .await
+        .unwrap();
+    for output in &outputs {
+        assert!(output.status.success(), "{}", text(output));
+    }
+    let store = waybill_store::Store::embedded(common::engine(), common::target("t_two_processes"));
+    assert_eq!(store.schema_version().await.unwrap(), 1);
+    let recorded: Vec<u32> = store.fetch_all("SELECT Version FROM waybill_schema_migrations FINAL").await.unwrap();
+    assert_eq!(recorded, [1]);
+}
+
+/// With the server unreachable, the service is alive but not ready, and says why.
+#[tokio::test]
+async fn serve_is_not_ready_while_the_server_is_unreachable() {
+    let dir = work_dir("unreachable");
+    let (http_port, dead_port) = (free_port(), free_port());
+    let child = waybill(&dir)
+        .arg("serve")
+        .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("WAYBILL_STORE__MODE", "server")
+        .env("WAYBILL_STORE__SERVER__URL", format!("http://127.0.0.1:{dead_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = Running(child);
+    wait_for_status(http_port, "/healthz", 200, Duration::from_secs(60)).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+    let readyz = common::http(addr, "GET", "/readyz", &[], b"").await;
+    assert_eq!(readyz.status, 503);
+    assert!(readyz.text().starts_with("not ready"), "{}", readyz.text());
+}
