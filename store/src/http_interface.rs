@@ -352,6 +352,7 @@ async fn execute(
     // INSERT with a FORMAT clause, whatever follows the format name is data.
     let statement = match &request.query {
         Some(query) => match sql::insert_with_format(query.as_bytes()) {
+            Some(_) if read_only => return Err(ChError::readonly("INSERT is not allowed on a read-only request")),
             Some(shape) => {
                 let data = vec![Bytes::copy_from_slice(shape.inline_data), decompress_body(&body, request.decompress)?];
                 Statement::Insert { head: shape.head.to_owned(), format: shape.format.to_owned(), data }
@@ -359,6 +360,7 @@ async fn execute(
             None => Statement::Other(format!("{query}{}", utf8_query(&body)?)),
         },
         None => match sql::insert_with_format(&body) {
+            Some(_) if read_only => return Err(ChError::readonly("INSERT is not allowed on a read-only request")),
             Some(shape) => Statement::Insert {
                 head: shape.head.to_owned(),
                 format: shape.format.to_owned(),
@@ -370,9 +372,6 @@ async fn execute(
 
     let (sql_text, format, spool) = match statement {
         Statement::Insert { head, format, data } => {
-            if read_only {
-                return Err(ChError::readonly("INSERT is not allowed on a read-only request"));
-            }
             let path = state.spool_dir.join(format!(
                 "insert-{}-{}.bin",
                 std::process::id(),
@@ -478,6 +477,11 @@ fn decompress_body(body: &Bytes, compressed: bool) -> Result<Bytes, ChError> {
         let plain_size = u32::from_le_bytes(rest[21..25].try_into().expect("4 bytes")) as usize;
         if compressed_size < 9 || rest.len() < 16 + compressed_size {
             return Err(corrupt(format!("compressed block of {compressed_size} bytes overruns the body")));
+        }
+        // LZ4 expands at most ~255x; a larger claim is a forged header that
+        // would only make us allocate.
+        if plain_size > (compressed_size - 9) * 255 + 64 {
+            return Err(corrupt(format!("block claims {plain_size} bytes from {compressed_size}, more than LZ4 can expand to")));
         }
         if out.len() + plain_size > READ_WRITE_BODY_LIMIT {
             return Err(ChError::new(
@@ -590,6 +594,11 @@ mod tests {
         corrupt[last] ^= 0xff;
         assert_eq!(decompress_body(&Bytes::from(corrupt), true).unwrap_err().code, 271);
         assert_eq!(decompress_body(&block.slice(..20), true).unwrap_err().code, 271);
+
+        // A header claiming 1 GiB from a few bytes is refused before allocating.
+        let mut forged = block.to_vec();
+        forged[21..25].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        assert_eq!(decompress_body(&Bytes::from(forged), true).unwrap_err().code, 271);
     }
 
     #[test]
@@ -598,5 +607,17 @@ mod tests {
         assert_eq!(format_clause("SELECT 'FORMAT CSV'"), None);
         assert_eq!(content_type_for("JSONEachRow"), "application/json; charset=UTF-8");
         assert_eq!(content_type_for("RowBinary"), "application/octet-stream");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decompressing_arbitrary_bytes_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let _ = decompress_body(&Bytes::from(data), true);
+        }
+
+        #[test]
+        fn read_only_checks_never_panic(sql in "\\PC*") {
+            let _ = read_only_statement(&sql);
+        }
     }
 }

@@ -298,4 +298,36 @@ mod tests {
         assert_eq!(quote_identifier("a`b\\c"), "`a\\`b\\\\c`");
         assert_eq!(quote_string("it's \\ ok"), "'it\\'s \\\\ ok'");
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn scanning_never_panics(sql in "\\PC*") {
+                let _ = scan(&sql);
+                let _ = insert_with_format(sql.as_bytes());
+            }
+
+            /// Whatever a string literal holds, quoting keeps it one token:
+            /// semicolons inside never split statements.
+            #[test]
+            fn quoted_literals_never_split_statements(values in proptest::collection::vec("\\PC*", 1..5)) {
+                let sql = values.iter().map(|v| format!("SELECT {}", quote_string(v))).collect::<Vec<_>>().join("; ");
+                let tokens = scan(&sql).unwrap();
+                prop_assert_eq!(statement_count(&tokens), values.len());
+            }
+
+            /// Binary data after `FORMAT name` and a newline is returned byte for byte.
+            #[test]
+            fn inline_insert_data_is_kept_exactly(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let mut body = b"INSERT INTO t (a) FORMAT RowBinary\n".to_vec();
+                body.extend_from_slice(&data);
+                let shape = insert_with_format(&body).unwrap();
+                prop_assert_eq!(shape.format, "RowBinary");
+                prop_assert_eq!(shape.inline_data, &data[..]);
+            }
+        }
+    }
 }
