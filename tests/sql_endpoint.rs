@@ -83,6 +83,15 @@ async fn writes_and_escapes_are_refused_and_change_nothing() {
         ("SELECT * FROM file('/etc/passwd', LineAsString)", 403, "164"),
         ("SELECT * FROM url('http://127.0.0.1:1/', LineAsString)", 403, "164"),
         ("SELECT 1 INTO OUTFILE '/tmp/waybill-outfile-test'", 403, "164"),
+        ("SELECT file('/etc/hostname')", 403, "164"),
+        ("DESC file('/etc/passwd', 'CSVWithNames')", 403, "164"),
+        ("SELECT * FROM filesystem('/etc')", 403, "164"),
+        // Heredocs and Unicode quotes hide a ' from a naive lexer.
+        ("SELECT $$'$$; DROP TABLE otel_traces; SELECT $$'$$", 400, "62"),
+        ("SELECT \u{2018}'\u{2019}; DROP TABLE otel_traces; SELECT \u{2018}'\u{2019}", 400, "62"),
+        ("SELECT $$'$$; SET readonly = 1; SELECT $$'$$", 400, "62"),
+        ("SELECT * FROM (SELECT $$'$$ AS q, * FROM file($$/etc/hostname$$, LineAsString) SETTINGS readonly = 0 /*'*/)", 403, "164"),
+        ("SELECT $$'$$ INTO OUTFILE $$/tmp/waybill-outfile-test$$ /*'*/", 403, "164"),
         ("SELECT * FROM (SELECT * FROM file('/etc/passwd', LineAsString) SETTINGS readonly = 0)", 403, "164"),
     ];
     for (sql, status, code) in refused {
@@ -103,4 +112,8 @@ async fn writes_and_escapes_are_refused_and_change_nothing() {
     assert_eq!(settings.status, 403, "{}", settings.text());
     assert!(!std::path::Path::new("/tmp/waybill-outfile-test").exists());
     assert_eq!(endpoint.span_count().await, "20\n");
+    // The store's own writes still work: no session state was changed.
+    let store = waybill_store::Store::embedded(common::engine(), common::target(endpoint.database));
+    store.insert_spans(&[common::rows::span(99)]).await.unwrap();
+    assert_eq!(endpoint.span_count().await, "21\n");
 }

@@ -9,6 +9,7 @@
 //! lets Grafana or `clickhouse-client` read the embedded store.
 //! Reference: <https://clickhouse.com/docs/interfaces/http>.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +44,8 @@ struct HttpState {
     engine: Engine,
     access: Arc<Access>,
     spool_dir: PathBuf,
+    /// Read from the engine on the first read-only request.
+    denied_table_functions: Arc<tokio::sync::OnceCell<HashSet<String>>>,
 }
 
 /// Numbers spool files; process-wide, since several routers share one engine.
@@ -55,7 +58,7 @@ pub fn router(engine: Engine, access: Access) -> Router {
         Access::ReadWrite => READ_WRITE_BODY_LIMIT,
         Access::ReadOnly { .. } => READ_ONLY_BODY_LIMIT,
     };
-    let state = HttpState { engine, access: Arc::new(access), spool_dir };
+    let state = HttpState { engine, access: Arc::new(access), spool_dir, denied_table_functions: Default::default() };
     Router::new()
         .route("/ping", get(ping))
         .route("/", any(handle))
@@ -240,10 +243,49 @@ fn same_token(a: &str, b: &str) -> bool {
 /// Statements the read-only endpoint runs (first keyword).
 const READING_STATEMENTS: &[&str] = &["SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"];
 
-/// Checks a statement for the read-only endpoint and returns it with
-/// `readonly = 1` applied. One statement only: chDB runs every statement of
-/// a multi-statement query, and the setting would only cover the last.
-fn read_only_statement(sql: &str) -> Result<String, ChError> {
+/// Table functions that only generate or reshape data inside the engine;
+/// every other table function reaches files, the network or other systems.
+const SAFE_TABLE_FUNCTIONS: &[&str] =
+    &["numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries", "values", "null", "view", "merge"];
+
+/// Scalar functions that read local files.
+const DENIED_FUNCTIONS: &[&str] = &["file"];
+
+/// The statement in ClickHouse's own canonical form (`formatQuery`): one
+/// statement (multi-statements are a syntax error there), no comments, and
+/// only plain quotes, so the checks below see what ClickHouse will run; a
+/// private lexer alone missed heredocs (`$$...$$`) and Unicode quotes.
+fn canonical_statement(engine: &Engine, text: &str) -> Result<String, ChError> {
+    let params = [("q".to_owned(), text.to_owned())];
+    let output = engine.query(EngineQuery {
+        sql: "SELECT formatQuery({q:String})",
+        format: "RawBLOB",
+        database: None,
+        params: &params,
+    })?;
+    String::from_utf8(output.data).map_err(|_| ChError::syntax("the query is not valid UTF-8"))
+}
+
+/// Names of the engine's table functions that the read-only endpoint refuses.
+fn denied_table_functions(engine: &Engine) -> Result<HashSet<String>, ChError> {
+    let output = engine.query(EngineQuery {
+        sql: "SELECT name FROM system.table_functions",
+        format: "TSVRaw",
+        database: None,
+        params: &[],
+    })?;
+    Ok(String::from_utf8_lossy(&output.data)
+        .lines()
+        .map(str::to_ascii_lowercase)
+        .filter(|name| !name.is_empty() && !SAFE_TABLE_FUNCTIONS.contains(&name.as_str()))
+        .collect())
+}
+
+/// Checks a canonical statement (see [`canonical_statement`]) for the
+/// read-only endpoint and returns it with `readonly = 1` applied.
+/// `readonly = 1` is not a sandbox on its own: the file function, table
+/// functions, `SETTINGS` in a subquery and `INTO OUTFILE` all get past it.
+fn read_only_statement(sql: &str, denied_table_functions: &HashSet<String>) -> Result<String, ChError> {
     let tokens = sql::scan(sql).map_err(ChError::syntax)?;
     if sql::statement_count(&tokens) != 1 {
         return Err(ChError::syntax("exactly one statement per request is accepted on the read-only endpoint"));
@@ -263,7 +305,17 @@ fn read_only_statement(sql: &str) -> Result<String, ChError> {
     if sql::has_word_pair(sql, &tokens, "INTO", "OUTFILE") {
         return Err(ChError::readonly("INTO OUTFILE is not allowed on the read-only endpoint"));
     }
-    // Cut a trailing semicolon so the SETTINGS clause joins the statement.
+    for pair in tokens.windows(2) {
+        let called = matches!(pair[1], sql::Token::Symbol { at } if sql.as_bytes()[at] == b'(');
+        let Some(name) = sql::word(sql, &pair[0]).filter(|_| called).map(str::to_ascii_lowercase) else {
+            continue;
+        };
+        if denied_table_functions.contains(&name) || DENIED_FUNCTIONS.contains(&name.as_str()) {
+            return Err(ChError::readonly(format_args!(
+                "{name}() reaches outside Waybill's data and is not allowed on the read-only endpoint"
+            )));
+        }
+    }
     let end = match tokens.last() {
         Some(sql::Token::Semicolon { at }) => *at,
         _ => sql.len(),
@@ -388,11 +440,13 @@ async fn execute(
             if text.trim().is_empty() {
                 return Err(ChError::syntax("empty query: send it in the `query` URL parameter or in the body"));
             }
+            let text = if read_only { canonical_read_only(state, text).await? } else { text };
             let format = format_clause(&text)
                 .or(request.default_format.clone())
                 .unwrap_or_else(|| "TabSeparated".to_owned());
             let sql_text = if read_only {
-                read_only_statement(&text)?
+                let denied = state.denied_table_functions.get_or_try_init(|| blocking(&state.engine, denied_table_functions)).await?;
+                read_only_statement(&text, denied)?
             } else {
                 format!("{text}{}", settings_clause(&request.settings))
             };
@@ -444,6 +498,21 @@ async fn execute(
         headers.insert("X-ClickHouse-Summary", value);
     }
     Ok(response)
+}
+
+/// Runs `work` with the engine on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    engine: &Engine,
+    work: impl FnOnce(&Engine) -> Result<T, ChError> + Send + 'static,
+) -> Result<T, ChError> {
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || work(&engine))
+        .await
+        .map_err(|e| ChError::new(1001, "STD_EXCEPTION", format_args!("query task failed: {e}")))?
+}
+
+async fn canonical_read_only(state: &HttpState, text: String) -> Result<String, ChError> {
+    blocking(&state.engine, move |engine| canonical_statement(engine, &text)).await
 }
 
 /// A request's statement: an INSERT whose data came along, or anything else.
@@ -527,22 +596,30 @@ fn write_parts(path: &std::path::Path, parts: &[Bytes]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn read_only_statements_get_readonly_setting() {
-        assert_eq!(read_only_statement("SELECT 1;").unwrap(), "SELECT 1\nSETTINGS readonly = 1");
-        assert_eq!(read_only_statement("-- c\nshow tables").unwrap(), "-- c\nshow tables\nSETTINGS readonly = 1");
+    fn denied() -> HashSet<String> {
+        ["file", "url", "remote", "filesystem", "executable"].iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
-    fn read_only_refuses_writes_multi_statements_and_outfile() {
-        assert_eq!(read_only_statement("INSERT INTO t VALUES (1)").unwrap_err().code, 164);
-        assert_eq!(read_only_statement("DROP TABLE t").unwrap_err().code, 164);
-        assert_eq!(read_only_statement("SELECT 1; DROP TABLE t").unwrap_err().code, 62);
-        assert_eq!(read_only_statement("SELECT 1 INTO OUTFILE 'x'").unwrap_err().code, 164);
-        assert_eq!(read_only_statement("SELECT 'unterminated").unwrap_err().code, 62);
-        let nested = "SELECT * FROM (SELECT * FROM file('/etc/passwd') settings readonly = 0)";
-        assert_eq!(read_only_statement(nested).unwrap_err().code, 164);
-        assert!(read_only_statement("SELECT `settings` FROM t").is_ok());
+    fn read_only_statements_get_readonly_setting() {
+        assert_eq!(read_only_statement("SELECT 1;", &denied()).unwrap(), "SELECT 1\nSETTINGS readonly = 1");
+        assert_eq!(read_only_statement("SHOW TABLES", &denied()).unwrap(), "SHOW TABLES\nSETTINGS readonly = 1");
+        assert!(read_only_statement("SELECT count() FROM numbers(10)", &denied()).is_ok());
+        assert!(read_only_statement("SELECT `settings`, profile FROM t", &denied()).is_ok());
+    }
+
+    #[test]
+    fn read_only_refuses_writes_multi_statements_and_escapes() {
+        let refused = |sql: &str| read_only_statement(sql, &denied()).unwrap_err().code;
+        assert_eq!(refused("INSERT INTO t VALUES (1)"), 164);
+        assert_eq!(refused("DROP TABLE t"), 164);
+        assert_eq!(refused("SELECT 1; DROP TABLE t"), 62);
+        assert_eq!(refused("SELECT 1 INTO OUTFILE 'x'"), 164);
+        assert_eq!(refused("SELECT 'unterminated"), 62);
+        assert_eq!(refused("SELECT * FROM (SELECT * FROM file('/etc/passwd') settings readonly = 0)"), 164);
+        assert_eq!(refused("SELECT FILE('/etc/passwd')"), 164);
+        assert_eq!(refused("DESCRIBE TABLE url('http://x', 'CSV')"), 164);
+        assert_eq!(refused("SELECT * FROM filesystem('/')"), 164);
     }
 
     #[test]
@@ -617,7 +694,7 @@ mod tests {
 
         #[test]
         fn read_only_checks_never_panic(sql in "\\PC*") {
-            let _ = read_only_statement(&sql);
+            let _ = read_only_statement(&sql, &denied());
         }
     }
 }
