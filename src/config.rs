@@ -128,6 +128,18 @@ impl Config {
         Ok(config)
     }
 
+    /// A copy safe to print: secrets replaced by `<redacted>`.
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        if let Some(token) = config.sql_endpoint.token.as_mut() {
+            *token = "<redacted>".into();
+        }
+        if !config.store.server.password.is_empty() {
+            config.store.server.password = "<redacted>".into();
+        }
+        config
+    }
+
     /// Checks what serde cannot; messages say which setting to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -165,9 +177,12 @@ fn apply_override(tree: &mut serde_yaml::Value, var: &str, value: &str) -> Resul
     if path.iter().any(String::is_empty) {
         return Err(env_error("name a setting, e.g. WAYBILL_STORE__RETENTION_DAYS for store.retention_days".into()));
     }
+    // A typed scalar only when it reads back as the same text: a token of 20
+    // digits or `0x1f` stays text instead of becoming a rounded number.
     let parsed: serde_yaml::Value = serde_yaml::from_str(value)
         .ok()
         .filter(|v: &serde_yaml::Value| !v.is_mapping() && !v.is_sequence())
+        .filter(|v| serde_yaml::to_string(v).is_ok_and(|text| text.trim_end() == value))
         .unwrap_or_else(|| serde_yaml::Value::String(value.to_owned()));
     let mut node = tree;
     for (i, key) in path.iter().enumerate() {
@@ -221,6 +236,18 @@ mod tests {
         assert_eq!(config.store.retention_days, 14);
         assert_eq!(config.store.mode, waybill_store::StoreMode::Server);
         assert_eq!(config.store.server.password, "12345");
+
+        let config = Config::load(
+            None,
+            env(&[
+                ("WAYBILL_SQL_ENDPOINT__ENABLED", "true"),
+                ("WAYBILL_SQL_ENDPOINT__TOKEN", "12345678901234567890"),
+                ("WAYBILL_STORE__SERVER__PASSWORD", "0x1f"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.sql_endpoint.token.as_deref(), Some("12345678901234567890"));
+        assert_eq!(config.store.server.password, "0x1f");
     }
 
     #[test]

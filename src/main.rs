@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::CheckConfig = command {
-        println!("config is valid:\n{config:#?}");
+        println!("config is valid:\n{:#?}", config.redacted());
         return ExitCode::SUCCESS;
     }
     tracing_subscriber::fmt()

@@ -58,6 +58,15 @@ fn config_mistakes_are_reported_with_the_setting_to_fix() {
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output).contains("WAYBILL_STORE__MODE"), "{}", text(&output));
 
+    let output = waybill(&dir)
+        .arg("check-config")
+        .env("WAYBILL_SQL_ENDPOINT__ENABLED", "true")
+        .env("WAYBILL_SQL_ENDPOINT__TOKEN", "secret-token-0123456789")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("<redacted>") && !text(&output).contains("secret-token"), "{}", text(&output));
+
     let output = waybill(&dir).args(["--config", "missing.yaml", "check-config"]).output().unwrap();
     assert!(text(&output).contains("cannot read config file missing.yaml"), "{}", text(&output));
 }

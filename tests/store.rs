@@ -175,6 +175,30 @@ async fn server_mode_works_through_the_http_interface() {
     assert_eq!(get_write.status, 403, "GET must be read-only as in ClickHouse");
     let params = common::http(addr, "POST", "/?param_n=41", &[], b"SELECT {n:UInt8} + 1").await;
     assert_eq!(params.text(), "42\n");
+    // The query parameter and the body join with a line break, as in ClickHouse.
+    let joined = common::http(addr, "POST", &format!("/?query={}", common::encode("SELECT 1 AS x")), &[], b"FORMAT JSONEachRow").await;
+    assert_eq!(joined.text(), "{\"x\":1}\n");
+    let split_rows = common::http(
+        addr,
+        "POST",
+        &format!(
+            "/?database=t_server_mode&query={}",
+            common::encode("INSERT INTO waybill_schema_migrations (Version, Name) SETTINGS max_insert_threads = 1 FORMAT TSV\n91\tinline")
+        ),
+        &[],
+        b"92\tbody\n",
+    )
+    .await;
+    assert_eq!(split_rows.status, 200, "{}", split_rows.text());
+    let names = common::http(
+        addr,
+        "POST",
+        "/?database=t_server_mode",
+        &[],
+        b"SELECT Name FROM waybill_schema_migrations WHERE Version >= 90 ORDER BY Version",
+    )
+    .await;
+    assert_eq!(names.text(), "from tsv\ninline\nbody\n");
 }
 
 /// Restart: a second process opens the same data directory and finds the rows.

@@ -150,6 +150,7 @@ fn is_plain_identifier(name: &str) -> bool {
 enum Scalar {
     Text(String),
     Int(i64),
+    UInt(u64),
     Float(f64),
     Bool(bool),
 }
@@ -159,6 +160,7 @@ impl From<Scalar> for String {
         match scalar {
             Scalar::Text(s) => s,
             Scalar::Int(i) => i.to_string(),
+            Scalar::UInt(u) => u.to_string(),
             Scalar::Float(f) => f.to_string(),
             Scalar::Bool(b) => b.to_string(),
         }

@@ -365,16 +365,15 @@ extern "C" {
 /// destructors abort or crash when a connection is open, and closing it
 /// this late crashes too, since destructors registered after this handler
 /// have already run. Every acknowledged insert is already on disk, so flush
-/// our output and leave with the same status, skipping those destructors.
+/// C stdio and leave with the same status, skipping those destructors.
 extern "C" fn exit_without_engine_destructors(status: c_int, _arg: *mut c_void) {
     let still_open = match OPEN_ENGINE.try_lock() {
         Ok(open) => open.as_ref().is_some_and(|e| e.inner.session.try_lock().map_or(true, |s| s.is_some())),
         Err(_) => true,
     };
     if still_open {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let _ = std::io::stderr().flush();
+        // Rust's stdout was flushed when main returned; flushing it here could
+        // wait forever on a lock held by a thread that called `exit`.
         // SAFETY: flushing C stdio and leaving the process; nothing runs after.
         unsafe {
             libc::fflush(std::ptr::null_mut());

@@ -323,12 +323,17 @@ fn read_only_statement(sql: &str, denied_table_functions: &HashSet<String>) -> R
     Ok(format!("{}\nSETTINGS readonly = 1", &sql[..end]))
 }
 
-/// `SETTINGS a = 'x', b = 'y'` for URL settings; names were checked in `parse_url`.
-fn settings_clause(settings: &[(String, String)]) -> String {
-    if settings.is_empty() {
+/// ` SETTINGS a = 1, b = 'x'`: the statement's own settings, then URL
+/// settings (names were checked in `parse_url`, values are quoted).
+fn settings_clause(own: Option<&str>, url_settings: &[(String, String)]) -> String {
+    let list: Vec<String> = own
+        .into_iter()
+        .map(str::to_owned)
+        .chain(url_settings.iter().map(|(n, v)| format!("{n} = {}", sql::quote_string(v))))
+        .collect();
+    if list.is_empty() {
         return String::new();
     }
-    let list: Vec<String> = settings.iter().map(|(n, v)| format!("{n} = {}", sql::quote_string(v))).collect();
     format!(" SETTINGS {}", list.join(", "))
 }
 
@@ -406,15 +411,23 @@ async fn execute(
         Some(query) => match sql::insert_with_format(query.as_bytes()) {
             Some(_) if read_only => return Err(ChError::readonly("INSERT is not allowed on a read-only request")),
             Some(shape) => {
-                let data = vec![Bytes::copy_from_slice(shape.inline_data), decompress_body(&body, request.decompress)?];
-                Statement::Insert { head: shape.head.to_owned(), format: shape.format.to_owned(), data }
+                // ClickHouse joins the query parameter and the body with a line break.
+                let data = if shape.inline_data.is_empty() {
+                    vec![decompress_body(&body, request.decompress)?]
+                } else {
+                    let inline = Bytes::copy_from_slice(shape.inline_data);
+                    vec![inline, Bytes::from_static(b"\n"), decompress_body(&body, request.decompress)?]
+                };
+                Statement::Insert { head: shape.head.to_owned(), settings: shape.settings.map(str::to_owned), format: shape.format.to_owned(), data }
             }
-            None => Statement::Other(format!("{query}{}", utf8_query(&body)?)),
+            None if body.is_empty() => Statement::Other(query.clone()),
+            None => Statement::Other(format!("{query}\n{}", utf8_query(&body)?)),
         },
         None => match sql::insert_with_format(&body) {
             Some(_) if read_only => return Err(ChError::readonly("INSERT is not allowed on a read-only request")),
             Some(shape) => Statement::Insert {
                 head: shape.head.to_owned(),
+                settings: shape.settings.map(str::to_owned),
                 format: shape.format.to_owned(),
                 data: vec![decompress_body(&body.slice_ref(shape.inline_data), request.decompress)?],
             },
@@ -423,16 +436,17 @@ async fn execute(
     };
 
     let (sql_text, format, spool) = match statement {
-        Statement::Insert { head, format, data } => {
+        Statement::Insert { head, settings, format, data } => {
             let path = state.spool_dir.join(format!(
                 "insert-{}-{}.bin",
                 std::process::id(),
                 SPOOL_SEQ.fetch_add(1, Ordering::Relaxed)
             ));
+            // ClickHouse's grammar: INSERT INTO t [(cols)] FROM INFILE 'f' [SETTINGS ...] FORMAT fmt.
             let sql_text = format!(
                 "{head} FROM INFILE {}{} FORMAT {format}",
                 sql::quote_string(&path.to_string_lossy()),
-                settings_clause(&request.settings)
+                settings_clause(settings.as_deref(), &request.settings)
             );
             (sql_text, format, Some((path, data)))
         }
@@ -448,7 +462,7 @@ async fn execute(
                 let denied = state.denied_table_functions.get_or_try_init(|| blocking(&state.engine, denied_table_functions)).await?;
                 read_only_statement(&text, denied)?
             } else {
-                format!("{text}{}", settings_clause(&request.settings))
+                format!("{text}{}", settings_clause(None, &request.settings))
             };
             (sql_text, format, None)
         }
@@ -518,7 +532,7 @@ async fn canonical_read_only(state: &HttpState, text: String) -> Result<String, 
 /// A request's statement: an INSERT whose data came along, or anything else.
 enum Statement {
     /// `data` is written in order: inline data from the query, then the body.
-    Insert { head: String, format: String, data: Vec<Bytes> },
+    Insert { head: String, settings: Option<String>, format: String, data: Vec<Bytes> },
     Other(String),
 }
 
@@ -534,7 +548,7 @@ fn decompress_body(body: &Bytes, compressed: bool) -> Result<Bytes, ChError> {
         return Ok(body.clone());
     }
     let corrupt = |text: String| ChError::new(271, "CANNOT_DECOMPRESS", text);
-    let mut out = Vec::with_capacity(body.len() * 3);
+    let mut out = Vec::new();
     let mut rest: &[u8] = body;
     while !rest.is_empty() {
         if rest.len() < 25 {
@@ -567,6 +581,7 @@ fn decompress_body(body: &Bytes, compressed: bool) -> Result<Bytes, ChError> {
         match method {
             0x82 => {
                 let start = out.len();
+                out.reserve_exact(plain_size);
                 out.resize(start + plain_size, 0);
                 let written = lz4_flex::block::decompress_into(payload, &mut out[start..])
                     .map_err(|e| corrupt(format!("LZ4 block: {e}")))?;
@@ -574,7 +589,8 @@ fn decompress_body(body: &Bytes, compressed: bool) -> Result<Bytes, ChError> {
                     return Err(corrupt(format!("LZ4 block gave {written} bytes, header said {plain_size}")));
                 }
             }
-            0x02 => out.extend_from_slice(payload),
+            0x02 if payload.len() == plain_size => out.extend_from_slice(payload),
+            0x02 => return Err(corrupt(format!("uncompressed block holds {} bytes, header said {plain_size}", payload.len()))),
             other => return Err(corrupt(format!("compression method 0x{other:02x} is not supported; use LZ4"))),
         }
         rest = &rest[16 + compressed_size..];

@@ -131,8 +131,11 @@ pub(crate) fn has_word_pair(sql: &str, tokens: &[Token], a: &str, b: &str) -> bo
 /// An INSERT statement split where its data may begin.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct InsertShape<'a> {
-    /// Everything before the `FORMAT` keyword.
+    /// Everything before the statement's own `SETTINGS` clause or, without
+    /// one, before the `FORMAT` keyword.
     pub head: &'a str,
+    /// The statement's own settings (`a = 1, b = 2`), if it has a SETTINGS clause.
+    pub settings: Option<&'a str>,
     /// The format name.
     pub format: &'a str,
     /// Inline data after `FORMAT name` and one line break, if any.
@@ -148,6 +151,8 @@ pub(crate) fn insert_with_format(text: &[u8]) -> Option<InsertShape<'_>> {
     }
     let mut i = 0;
     let mut format_at: Option<usize> = None;
+    let mut settings_at: Option<usize> = None;
+    let mut depth = 0usize;
     while i < text.len() {
         match text[i] {
             b' ' | b'\t' | b'\n' | b'\r' => i += 1,
@@ -175,21 +180,34 @@ pub(crate) fn insert_with_format(text: &[u8]) -> Option<InsertShape<'_>> {
                     } else if text[data_start..].starts_with(b"\n") {
                         data_start += 1;
                     }
+                    let head_end = settings_at.unwrap_or(at);
+                    let settings = match settings_at {
+                        Some(from) => Some(std::str::from_utf8(&text[from + "SETTINGS".len()..at]).ok()?.trim()),
+                        None => None,
+                    };
                     return Some(InsertShape {
-                        head: std::str::from_utf8(&text[..at]).ok()?.trim_end(),
+                        head: std::str::from_utf8(&text[..head_end]).ok()?.trim_end(),
+                        settings,
                         format: std::str::from_utf8(word).ok()?,
                         inline_data: &text[data_start..],
                     });
                 }
-                if word.eq_ignore_ascii_case(b"FORMAT") {
+                if depth == 0 && word.eq_ignore_ascii_case(b"SETTINGS") {
+                    settings_at = Some(start);
+                } else if word.eq_ignore_ascii_case(b"FORMAT") {
                     format_at = Some(start);
                 } else if word.eq_ignore_ascii_case(b"VALUES") || word.eq_ignore_ascii_case(b"SELECT") {
                     return None;
                 }
             }
-            _ => {
+            c => {
                 // `FORMAT` must be followed directly by the name: `(format)` is a column.
                 format_at = None;
+                match c {
+                    b'(' => depth += 1,
+                    b')' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
                 i += 1;
             }
         }
@@ -284,6 +302,12 @@ mod tests {
 
         let sql = "INSERT INTO t (format) FORMAT TSV";
         assert_eq!(insert_with_format(sql.as_bytes()).unwrap().head, "INSERT INTO t (format)");
+
+        let sql = "INSERT INTO t (settings) SETTINGS async_insert = 1, x = 'a' FORMAT TSV\n1\n";
+        let shape = insert_with_format(sql.as_bytes()).unwrap();
+        assert_eq!(shape.head, "INSERT INTO t (settings)");
+        assert_eq!(shape.settings, Some("async_insert = 1, x = 'a'"));
+        assert_eq!(shape.inline_data, b"1\n");
     }
 
     #[test]
