@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: fetches the embedded ClickHouse engine if
-# missing (the store tests run against it), then every crate's unit and
-# integration tests, and checks that the benchmarks still build.
+# missing (the store tests run against it), installs the OpenTelemetry Python
+# SDK the OTLP tests send with (a venv in target/python), then runs every
+# crate's unit and integration tests and checks that the benchmarks build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-engine.sh
+if [ ! -x target/python/bin/python ] || ! cmp -s tests/python/requirements.txt target/python/requirements.txt; then
+  echo "installing the OpenTelemetry Python SDK into target/python ..."
+  python3 -m venv target/python
+  target/python/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  cp tests/python/requirements.txt target/python/requirements.txt
+fi
+export OTLP_TEST_PYTHON="$PWD/target/python/bin/python"
 cargo check --locked --workspace --benches --quiet
 cargo test --locked --workspace "$@"

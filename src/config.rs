@@ -17,6 +17,7 @@ use waybill_store::StoreConfig;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: HttpConfig,
+    pub otlp: OtlpConfig,
     pub sql_endpoint: SqlEndpointConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
@@ -33,6 +34,28 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+/// The OTLP receivers that exporters send to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// OTLP/HTTP (`/v1/traces`, `/v1/logs`); the specification's port is 4318.
+    pub http_listen: SocketAddr,
+    /// Largest request body as sent, compressed or not (larger: 413).
+    pub max_body_bytes: usize,
+    /// Largest body after gzip decompression (larger: 413).
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            max_body_bytes: 16 << 20,
+            max_decompressed_bytes: 64 << 20,
+        }
     }
 }
 
@@ -163,6 +186,19 @@ impl Config {
                     self.http.listen
                 )));
             }
+        }
+        if self.otlp.max_body_bytes == 0 || self.otlp.max_decompressed_bytes < self.otlp.max_body_bytes {
+            return Err(ConfigError::Invalid(
+                "otlp.max_body_bytes must be positive and otlp.max_decompressed_bytes at least as large".into(),
+            ));
+        }
+        if self.otlp.http_listen == self.http.listen
+            || (self.sql_endpoint.enabled && self.otlp.http_listen == self.sql_endpoint.listen)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "otlp.http_listen {} is already used by another server; give it its own port",
+                self.otlp.http_listen
+            )));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::Invalid(format!("log.level {:?} is not a valid filter: {e}", self.log.level)))?;

@@ -2,6 +2,7 @@
 //! ClickHouse. Subcommands: `serve` (default), `migrate`, `check-config`.
 
 mod config;
+mod pipeline;
 mod serve;
 
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! `waybill serve`: opens the store, migrates it (retrying while a server is
-//! unreachable), serves the web port and the optional SQL endpoint, and on
-//! SIGTERM or Ctrl-C stops accepting, finishes requests and closes the store.
+//! unreachable), serves the web port, the OTLP/HTTP receiver and the optional
+//! SQL endpoint, and on SIGTERM or Ctrl-C stops accepting, finishes requests
+//! (each acknowledged only once written) and closes the store.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,10 +14,12 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use waybill_collector::http::HttpLimits;
 use waybill_store::http_interface::{self, Access};
 use waybill_store::Store;
 
 use crate::config::Config;
+use crate::pipeline::StoreSink;
 
 /// What the web handlers share.
 #[derive(Clone)]
@@ -39,6 +42,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
     tracing::info!(address = %listener.local_addr()?, "web server listening (/healthz, /readyz)");
     let mut servers = vec![tokio::spawn(serve_until(listener, app, shutdown_rx.clone()))];
+
+    let limits = HttpLimits {
+        max_body_bytes: config.otlp.max_body_bytes,
+        max_decompressed_bytes: config.otlp.max_decompressed_bytes,
+    };
+    let otlp = waybill_collector::http::router(StoreSink::new(store.clone()), limits);
+    let listener = TcpListener::bind(config.otlp.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (otlp.http_listen)", config.otlp.http_listen))?;
+    tracing::info!(address = %listener.local_addr()?, "OTLP/HTTP receiver listening (/v1/traces, /v1/logs)");
+    servers.push(tokio::spawn(serve_until(listener, otlp, shutdown_rx.clone())));
 
     if config.sql_endpoint.enabled {
         let engine = store.engine().cloned().context("the SQL endpoint needs the embedded store")?;

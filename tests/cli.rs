@@ -3,34 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn waybill(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_waybill"));
-    command
-        .current_dir(dir)
-        .env_remove("WAYBILL_CONFIG")
-        .env("WAYBILL_STORE__EMBEDDED__LIBRARY", common::library())
-        .env("WAYBILL_LOG__LEVEL", "warn");
-    command
-}
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::process::{free_port, text, wait_for_status, waybill, work_dir, Running};
 
 #[test]
 fn a_missing_engine_library_says_how_to_fetch_it() {
@@ -69,31 +45,6 @@ fn config_mistakes_are_reported_with_the_setting_to_fix() {
 
     let output = waybill(&dir).args(["--config", "missing.yaml", "check-config"]).output().unwrap();
     assert!(text(&output).contains("cannot read config file missing.yaml"), "{}", text(&output));
-}
-
-/// Kills the child if the test fails before it is stopped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_for_status(port: u16, path: &str, want: u16, within: Duration) -> common::RawResponse {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let start = Instant::now();
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            let response = common::http(addr, "GET", path, &[], b"").await;
-            if response.status == want {
-                return response;
-            }
-        }
-        assert!(start.elapsed() < within, "{path} did not answer {want} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

@@ -1,0 +1,224 @@
+//! OTLP/HTTP receiver, per the OTLP specification ("OTLP/HTTP"):
+//! `POST /v1/traces` and `/v1/logs` with `application/x-protobuf` or
+//! `application/json` bodies (the OTLP/JSON mapping: hex ids, lowerCamelCase,
+//! 64-bit integers as strings), optionally gzip-compressed.
+//!
+//! Responses: 200 with an Export*ServiceResponse in the request's encoding;
+//! 400 (not retryable) for bodies that do not decode; 413 past the body
+//! limits; 415 for other content types or encodings; 429 / 503 with
+//! `Retry-After` when the sink is busy or the store unavailable. Errors carry
+//! a `google.rpc.Status` body, as the specification requires.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+
+use crate::sink::{Sink, SinkError};
+use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
+
+/// Limits of the OTLP/HTTP receiver.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest request body as sent (compressed or not).
+    pub max_body_bytes: usize,
+    /// Largest body after decompression.
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { max_body_bytes: 16 << 20, max_decompressed_bytes: 64 << 20 }
+    }
+}
+
+struct Receiver<S> {
+    sink: S,
+    limits: HttpLimits,
+}
+
+/// The OTLP/HTTP routes over `sink`.
+pub fn router<S: Sink>(sink: S, limits: HttpLimits) -> Router {
+    let receiver = Arc::new(Receiver { sink, limits });
+    Router::new()
+        .route("/v1/traces", post(traces::<S>))
+        .route("/v1/logs", post(logs::<S>))
+        .route("/v1/metrics", post(metrics))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(receiver)
+}
+
+/// The two OTLP/HTTP encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+}
+
+/// A refusal, rendered as a `google.rpc.Status` in the request's encoding.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    message: String,
+    encoding: Encoding,
+    retry_after_seconds: Option<u64>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, encoding: Encoding, message: impl Into<String>) -> Self {
+        Refusal { status, message: message.into(), encoding, retry_after_seconds: None }
+    }
+}
+
+/// `google.rpc.Status` (google/rpc/status.proto) without details.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        // gRPC codes for the body: INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE, ...
+        let code = match self.status {
+            StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => 3,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => 8,
+            StatusCode::SERVICE_UNAVAILABLE => 14,
+            StatusCode::NOT_FOUND => 12,
+            _ => 2,
+        };
+        let body = match self.encoding {
+            Encoding::Protobuf => RpcStatus { code, message: self.message.clone() }.encode_to_vec(),
+            Encoding::Json => serde_json::json!({ "code": code, "message": self.message }).to_string().into_bytes(),
+        };
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.encoding.content_type()));
+        if let Some(seconds) = self.retry_after_seconds {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+fn refusal_from_sink(err: SinkError, encoding: Encoding) -> Refusal {
+    let (status, retry_after) = match &err {
+        SinkError::Busy { retry_after } => (StatusCode::TOO_MANY_REQUESTS, *retry_after),
+        SinkError::Unavailable { retry_after, .. } => (StatusCode::SERVICE_UNAVAILABLE, *retry_after),
+    };
+    Refusal { retry_after_seconds: Some(retry_after.as_secs().max(1)), ..Refusal::new(status, encoding, err.to_string()) }
+}
+
+/// The encoding named by `Content-Type` (parameters such as charset ignored).
+fn request_encoding(headers: &HeaderMap) -> Result<Encoding, Refusal> {
+    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match media.as_str() {
+        "application/x-protobuf" => Ok(Encoding::Protobuf),
+        "application/json" => Ok(Encoding::Json),
+        _ => Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Encoding::Json,
+            format!("content type {value:?} is not supported; send application/x-protobuf or application/json"),
+        )),
+    }
+}
+
+/// The body after `Content-Encoding`, bounded by `max_decompressed_bytes`.
+fn decoded_body(headers: &HeaderMap, body: Bytes, limits: HttpLimits, encoding: Encoding) -> Result<Bytes, Refusal> {
+    let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    match content_encoding.trim().to_ascii_lowercase().as_str() {
+        "" | "identity" => Ok(body),
+        "gzip" => {
+            let mut out = Vec::new();
+            let limit = limits.max_decompressed_bytes as u64;
+            flate2::read::MultiGzDecoder::new(&body[..])
+                .take(limit + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, encoding, format!("gzip body does not decompress: {e}")))?;
+            if out.len() as u64 > limit {
+                return Err(Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    encoding,
+                    format!("body decompresses to more than {limit} bytes"),
+                ));
+            }
+            Ok(out.into())
+        }
+        other => Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            encoding,
+            format!("content encoding {other:?} is not supported; send gzip or no encoding"),
+        )),
+    }
+}
+
+/// Decodes a request body off the async executor (protobuf and JSON
+/// decoding of large batches is CPU-heavy).
+async fn decode<T>(body: Bytes, encoding: Encoding, what: &'static str) -> Result<T, Refusal>
+where
+    T: Message + Default + serde::de::DeserializeOwned + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || match encoding {
+        Encoding::Protobuf => T::decode(body).map_err(|e| format!("{what} protobuf does not decode: {e}")),
+        Encoding::Json => serde_json::from_slice(&body).map_err(|e| format!("{what} JSON does not decode: {e}")),
+    })
+    .await
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, encoding, format!("decoding task failed: {e}")))?
+    .map_err(|message| Refusal::new(StatusCode::BAD_REQUEST, encoding, message))
+}
+
+fn success<T: Message + serde::Serialize>(response: T, encoding: Encoding) -> Response {
+    let body = match encoding {
+        Encoding::Protobuf => response.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec()),
+    };
+    ([(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
+}
+
+async fn traces<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        let encoding = request_encoding(&headers)?;
+        let body = decoded_body(&headers, body, receiver.limits, encoding)?;
+        let request: ExportTraceServiceRequest = decode(body, encoding, "trace export").await?;
+        receiver.sink.accept_traces(request).await.map_err(|e| refusal_from_sink(e, encoding))?;
+        Ok::<_, Refusal>(success(ExportTraceServiceResponse { partial_success: None }, encoding))
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn logs<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        let encoding = request_encoding(&headers)?;
+        let body = decoded_body(&headers, body, receiver.limits, encoding)?;
+        let request: ExportLogsServiceRequest = decode(body, encoding, "log export").await?;
+        receiver.sink.accept_logs(request).await.map_err(|e| refusal_from_sink(e, encoding))?;
+        Ok::<_, Refusal>(success(ExportLogsServiceResponse { partial_success: None }, encoding))
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Metrics are not stored: say so rather than accept and drop them.
+async fn metrics(headers: HeaderMap) -> Response {
+    let encoding = request_encoding(&headers).unwrap_or(Encoding::Json);
+    Refusal::new(StatusCode::NOT_FOUND, encoding, "Waybill does not accept OTLP metrics; send traces and logs").into_response()
+}

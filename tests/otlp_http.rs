@@ -1,0 +1,198 @@
+//! OTLP/HTTP ingest end to end: the OpenTelemetry Python SDK's exporters
+//! send to a running `waybill serve`; rows are read back through its
+//! read-only SQL endpoint with the official ClickHouse client. Bad input
+//! gets the specification's status and leaves the service healthy.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::process::{free_port, wait_for_status, waybill, work_dir, Running};
+use waybill_store::{LogRow, SpanRow};
+
+const TOKEN: &str = "otlp-test-token-0123456789";
+
+struct Service {
+    _running: Running,
+    http: u16,
+    otlp: SocketAddr,
+    sql: SocketAddr,
+}
+
+async fn start(name: &str) -> Service {
+    let dir = work_dir(name);
+    let (http, otlp, sql) = (free_port(), free_port(), free_port());
+    let child = waybill(&dir)
+        .arg("serve")
+        .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+        .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
+        .env("WAYBILL_OTLP__MAX_BODY_BYTES", "65536")
+        .env("WAYBILL_OTLP__MAX_DECOMPRESSED_BYTES", "1048576")
+        .env("WAYBILL_SQL_ENDPOINT__ENABLED", "true")
+        .env("WAYBILL_SQL_ENDPOINT__LISTEN", format!("127.0.0.1:{sql}"))
+        .env("WAYBILL_SQL_ENDPOINT__TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let service = Service {
+        _running: Running(child),
+        http,
+        otlp: SocketAddr::from(([127, 0, 0, 1], otlp)),
+        sql: SocketAddr::from(([127, 0, 0, 1], sql)),
+    };
+    wait_for_status(http, "/readyz", 200, Duration::from_secs(60)).await;
+    service
+}
+
+impl Service {
+    fn sql_client(&self) -> clickhouse::Client {
+        clickhouse::Client::default().with_url(format!("http://{}", self.sql)).with_database("waybill").with_password(TOKEN)
+    }
+
+    async fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> common::RawResponse {
+        common::http(self.otlp, "POST", path, headers, body).await
+    }
+}
+
+/// The Python interpreter with the OpenTelemetry SDK, set up by scripts/test.sh.
+fn python() -> PathBuf {
+    let path = std::env::var_os("OTLP_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/python/bin/python"));
+    assert!(path.exists(), "{} is missing: run scripts/test.sh, which installs tests/python/requirements.txt", path.display());
+    path
+}
+
+fn map(pairs: &[(String, String)], key: &str) -> Option<String> {
+    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+}
+
+#[tokio::test]
+async fn python_sdk_spans_and_logs_are_stored_as_the_exporter_writes_them() {
+    let service = start("otlp-python").await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/send_otlp.py");
+    let otlp = service.otlp;
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python()).arg(script).arg(format!("http://{otlp}")).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "python exporter failed: {stderr}");
+    let ids: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let trace_id = ids["trace_id"].as_str().unwrap();
+    let parent_id = ids["parent_span_id"].as_str().unwrap();
+    let child_id = ids["child_span_id"].as_str().unwrap();
+
+    let client = service.sql_client();
+    let spans: Vec<SpanRow> = client
+        .query("SELECT Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, `Links.TraceState`, `Links.Attributes` FROM otel_traces ORDER BY Timestamp")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let parent = &spans[0];
+    let child = &spans[1];
+    assert_eq!((parent.trace_id.as_str(), parent.span_id.as_str(), parent.parent_span_id.as_str()), (trace_id, parent_id, ""));
+    assert_eq!((child.trace_id.as_str(), child.parent_span_id.as_str(), child.span_id.as_str()), (trace_id, parent_id, child_id));
+    assert_eq!((parent.span_name.as_str(), parent.span_kind.as_str()), ("erp.sales_order.post", "Server"));
+    assert_eq!((child.span_name.as_str(), child.span_kind.as_str()), ("wms.shipment.dispatch", "Client"));
+    assert_eq!(parent.service_name, "sap-erp");
+    assert_eq!(map(&parent.resource_attributes, "deployment.environment").as_deref(), Some("test"));
+    assert_eq!(map(&parent.resource_attributes, "telemetry.sdk.language").as_deref(), Some("python"));
+    assert_eq!((parent.scope_name.as_str(), parent.scope_version.as_str()), ("erp.posting", "2.1.0"));
+    let attribute = |key| map(&parent.span_attributes, key);
+    assert_eq!(attribute("biz.key.order").as_deref(), Some("PO-1001"));
+    assert_eq!(attribute("erp.lines").as_deref(), Some("3"));
+    assert_eq!(attribute("erp.amount").as_deref(), Some("1250.5"));
+    assert_eq!(attribute("erp.priority").as_deref(), Some("true"));
+    assert_eq!(attribute("erp.plants").as_deref(), Some(r#"["DE01","PL02"]"#));
+    assert!(parent.duration_ns >= child.duration_ns && child.duration_ns > 0);
+    assert_eq!((parent.status_code.as_str(), parent.status_message.as_str()), ("Unset", ""));
+    assert_eq!((child.status_code.as_str(), child.status_message.as_str()), ("Error", "carrier rejected"));
+    assert_eq!(parent.events_name, ["credit.checked"]);
+    assert_eq!(parent.events_attributes, [vec![("biz.outcome".to_owned(), "ok".to_owned())]]);
+    assert!(parent.events_timestamp_ns[0] >= parent.timestamp_ns);
+    assert_eq!((child.links_trace_id.as_slice(), child.links_span_id.as_slice()), (&[trace_id.to_owned()][..], &[parent_id.to_owned()][..]));
+    assert_eq!(child.links_attributes, [vec![("link.kind".to_owned(), "follows".to_owned())]]);
+
+    let logs: Vec<LogRow> = client
+        .query("SELECT Timestamp, TraceId, SpanId, TraceFlags, SeverityText, SeverityNumber, ServiceName, Body, ResourceSchemaUrl, ResourceAttributes, ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes, LogAttributes FROM otel_logs")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 1, "{logs:#?}");
+    let record = &logs[0];
+    assert_eq!((record.trace_id.as_str(), record.span_id.as_str()), (trace_id, child_id));
+    // W3C trace flags as sent: sampled (0x01), and the SDK may add random (0x02).
+    assert_eq!(record.trace_flags & 0x01, 0x01, "flags {:#x}", record.trace_flags);
+    assert_eq!((record.severity_text.as_str(), record.severity_number), ("WARN", 13));
+    assert_eq!((record.service_name.as_str(), record.body.as_str()), ("sap-erp", "shipment SH-1 rejected by carrier"));
+    assert_eq!(record.scope_name, "warehouse");
+    assert_eq!(map(&record.log_attributes, "biz.key.shipment").as_deref(), Some("SH-1"));
+}
+
+/// OTLP/JSON as the specification spells it: hex ids, lowerCamelCase,
+/// 64-bit integers as strings, enums as integers.
+const JSON_TRACE: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"b2b-portal"}}]},
+ "scopeSpans":[{"scope":{"name":"portal"},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+ "name":"POST /orders","kind":2,"startTimeUnixNano":"1790000000000000000","endTimeUnixNano":"1790000000250000000",
+ "attributes":[{"key":"biz.key.order","value":{"stringValue":"PO-2002"}},{"key":"http.status_code","value":{"intValue":"201"}}],
+ "status":{"code":1}}]}]}]}"#;
+
+#[tokio::test]
+async fn otlp_json_is_accepted_and_bad_input_is_refused_with_the_right_status() {
+    let service = start("otlp-errors").await;
+    let json = [("Content-Type", "application/json")];
+    let protobuf = [("Content-Type", "application/x-protobuf")];
+
+    // Recent timestamps: retention would drop the 2026-09 ones above at insert.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let body = JSON_TRACE
+        .replace("1790000000000000000", &now.to_string())
+        .replace("1790000000250000000", &(now + 250_000_000).to_string());
+    let accepted = service.post("/v1/traces", &json, body.as_bytes()).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    assert_eq!(accepted.header("Content-Type"), Some("application/json"));
+
+    let refusals: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
+        ("/v1/traces", protobuf.to_vec(), vec![0x0a, 0xff, 0xff, 0x01], 400),
+        ("/v1/traces", json.to_vec(), br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}"#.to_vec(), 400),
+        ("/v1/logs", json.to_vec(), b"{not json".to_vec(), 400),
+        ("/v1/traces", vec![("Content-Type", "text/plain")], b"hello".to_vec(), 415),
+        ("/v1/traces", vec![("Content-Type", "application/x-protobuf"), ("Content-Encoding", "br")], vec![], 415),
+        ("/v1/traces", protobuf.to_vec(), vec![0u8; 70_000], 413),
+        ("/v1/metrics", protobuf.to_vec(), vec![], 404),
+    ];
+    for (path, headers, body, status) in refusals {
+        let response = service.post(path, &headers, &body).await;
+        assert_eq!(response.status, status, "{path} {headers:?}: {}", response.text());
+    }
+    // A gzip bomb: 8 MiB of zeros compressed to a few KiB, over the 1 MiB limit.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut encoder, &vec![0u8; 8 << 20]).unwrap();
+    let bomb = encoder.finish().unwrap();
+    let response = service.post("/v1/traces", &[("Content-Type", "application/x-protobuf"), ("Content-Encoding", "gzip")], &bomb).await;
+    assert_eq!(response.status, 413, "{}", response.text());
+
+    // Gzip within limits is accepted; an empty request is valid.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut encoder, body.replace("PO-2002", "PO-2003").as_bytes()).unwrap();
+    let gzipped = encoder.finish().unwrap();
+    let response = service.post("/v1/traces", &[("Content-Type", "application/json"), ("Content-Encoding", "gzip")], &gzipped).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(service.post("/v1/logs", &protobuf, b"").await.status, 200);
+
+    wait_for_status(service.http, "/readyz", 200, Duration::from_secs(5)).await;
+    let orders: Vec<String> = service
+        .sql_client()
+        .query("SELECT SpanAttributes['biz.key.order'] FROM otel_traces ORDER BY 1")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(orders, ["PO-2002", "PO-2003"]);
+}
