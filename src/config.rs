@@ -41,17 +41,21 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
+    /// OTLP/gRPC (TraceService, LogsService); the specification's port is 4317.
+    pub grpc_listen: SocketAddr,
     /// OTLP/HTTP (`/v1/traces`, `/v1/logs`); the specification's port is 4318.
     pub http_listen: SocketAddr,
     /// Largest request body as sent, compressed or not (larger: 413).
     pub max_body_bytes: usize,
-    /// Largest body after gzip decompression (larger: 413).
+    /// Largest body after gzip decompression (larger: 413), and the largest
+    /// gRPC message (larger: RESOURCE_EXHAUSTED).
     pub max_decompressed_bytes: usize,
 }
 
 impl Default for OtlpConfig {
     fn default() -> Self {
         OtlpConfig {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 4317)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 4318)),
             max_body_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
@@ -180,25 +184,26 @@ impl Config {
                     ))
                 }
             }
-            if self.sql_endpoint.listen == self.http.listen {
-                return Err(ConfigError::Invalid(format!(
-                    "sql_endpoint.listen and http.listen are both {}; give them different ports",
-                    self.http.listen
-                )));
-            }
         }
         if self.otlp.max_body_bytes == 0 || self.otlp.max_decompressed_bytes < self.otlp.max_body_bytes {
             return Err(ConfigError::Invalid(
                 "otlp.max_body_bytes must be positive and otlp.max_decompressed_bytes at least as large".into(),
             ));
         }
-        if self.otlp.http_listen == self.http.listen
-            || (self.sql_endpoint.enabled && self.otlp.http_listen == self.sql_endpoint.listen)
-        {
-            return Err(ConfigError::Invalid(format!(
-                "otlp.http_listen {} is already used by another server; give it its own port",
-                self.otlp.http_listen
-            )));
+        let mut listeners = vec![
+            ("http.listen", self.http.listen),
+            ("otlp.grpc_listen", self.otlp.grpc_listen),
+            ("otlp.http_listen", self.otlp.http_listen),
+        ];
+        if self.sql_endpoint.enabled {
+            listeners.push(("sql_endpoint.listen", self.sql_endpoint.listen));
+        }
+        for (i, (name, address)) in listeners.iter().enumerate() {
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == address && address.port() != 0) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} and {other} are both {address}; give each server its own port"
+                )));
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::Invalid(format!("log.level {:?} is not a valid filter: {e}", self.log.level)))?;

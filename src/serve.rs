@@ -47,12 +47,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_body_bytes: config.otlp.max_body_bytes,
         max_decompressed_bytes: config.otlp.max_decompressed_bytes,
     };
-    let otlp = waybill_collector::http::router(StoreSink::new(store.clone()), limits);
+    let sink = Arc::new(StoreSink::new(store.clone()));
+    let otlp = waybill_collector::http::router(sink.clone(), limits);
     let listener = TcpListener::bind(config.otlp.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (otlp.http_listen)", config.otlp.http_listen))?;
     tracing::info!(address = %listener.local_addr()?, "OTLP/HTTP receiver listening (/v1/traces, /v1/logs)");
     servers.push(tokio::spawn(serve_until(listener, otlp, shutdown_rx.clone())));
+
+    let listener = TcpListener::bind(config.otlp.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (otlp.grpc_listen)", config.otlp.grpc_listen))?;
+    tracing::info!(address = %listener.local_addr()?, "OTLP/gRPC receiver listening");
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let max_message_bytes = config.otlp.max_decompressed_bytes;
+    servers.push(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+        };
+        waybill_collector::grpc::serve(listener, sink, max_message_bytes, shutdown).await.context("OTLP/gRPC receiver failed")
+    }));
 
     if config.sql_endpoint.enabled {
         let engine = store.engine().cloned().context("the SQL endpoint needs the embedded store")?;

@@ -41,12 +41,12 @@ impl Default for HttpLimits {
 }
 
 struct Receiver<S> {
-    sink: S,
+    sink: Arc<S>,
     limits: HttpLimits,
 }
 
 /// The OTLP/HTTP routes over `sink`.
-pub fn router<S: Sink>(sink: S, limits: HttpLimits) -> Router {
+pub fn router<S: Sink>(sink: Arc<S>, limits: HttpLimits) -> Router {
     let receiver = Arc::new(Receiver { sink, limits });
     Router::new()
         .route("/v1/traces", post(traces::<S>))

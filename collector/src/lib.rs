@@ -2,10 +2,12 @@
 //! send, and hand each decoded request to a [`Sink`]. The collector knows
 //! nothing of lineage or storage; the binary supplies the sink.
 //!
-//! Today: OTLP/HTTP (`/v1/traces`, `/v1/logs`) with protobuf and JSON bodies,
-//! gzip, body limits, and the spec's status codes. Not yet: gRPC, zstd,
-//! partial success for invalid records, per-source tokens, metrics.
+//! Today: OTLP/gRPC (traces, logs; gzip) and OTLP/HTTP (`/v1/traces`,
+//! `/v1/logs`; protobuf and JSON; gzip), body limits, and the spec's status
+//! codes. Not yet: zstd, partial success for invalid records, per-source
+//! tokens, self-metrics.
 
+pub mod grpc;
 pub mod http;
 pub mod sink;
 

@@ -17,7 +17,8 @@ pub fn waybill(dir: &Path) -> Command {
         .env("WAYBILL_STORE__EMBEDDED__LIBRARY", super::library())
         .env("WAYBILL_LOG__LEVEL", "warn")
         // Every `serve` gets its own OTLP port unless the test names one.
-        .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{}", free_port()));
+        .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("WAYBILL_OTLP__GRPC_LISTEN", format!("127.0.0.1:{}", free_port()));
     command
 }
 

@@ -1,15 +1,14 @@
 """Sends an ERP posting trace and a warehouse log through the OpenTelemetry
 Python SDK's OTLP/HTTP exporters, then prints the ids it used as JSON.
 
-Usage: send_otlp.py <base-url>   (e.g. http://127.0.0.1:4318)
+Usage: send_otlp.py <base-url> <http|grpc>
+  (e.g. http://127.0.0.1:4318 http, or http://127.0.0.1:4317 grpc)
 """
 import json
 import logging
 import sys
 
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
@@ -17,15 +16,27 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-base = sys.argv[1]
+base, protocol = sys.argv[1], sys.argv[2]
+if protocol == "grpc":
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    span_exporter = OTLPSpanExporter(endpoint=base, insecure=True)
+    log_exporter = OTLPLogExporter(endpoint=base, insecure=True)
+else:
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    span_exporter = OTLPSpanExporter(endpoint=f"{base}/v1/traces")
+    log_exporter = OTLPLogExporter(endpoint=f"{base}/v1/logs")
 resource = Resource.create({"service.name": "sap-erp", "deployment.environment": "test"})
 
 tracer_provider = TracerProvider(resource=resource)
-tracer_provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{base}/v1/traces")))
+tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
 tracer = tracer_provider.get_tracer("erp.posting", "2.1.0")
 
 logger_provider = LoggerProvider(resource=resource)
-logger_provider.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=f"{base}/v1/logs")))
+logger_provider.add_log_record_processor(SimpleLogRecordProcessor(log_exporter))
 log = logging.getLogger("warehouse")
 log.propagate = False
 log.setLevel(logging.INFO)

@@ -1,4 +1,4 @@
-//! OTLP/HTTP ingest end to end: the OpenTelemetry Python SDK's exporters
+//! OTLP ingest end to end (gRPC and HTTP): the OpenTelemetry Python SDK's exporters
 //! send to a running `waybill serve`; rows are read back through its
 //! read-only SQL endpoint with the official ClickHouse client. Bad input
 //! gets the specification's status and leaves the service healthy.
@@ -19,16 +19,18 @@ struct Service {
     _running: Running,
     http: u16,
     otlp: SocketAddr,
+    grpc: SocketAddr,
     sql: SocketAddr,
 }
 
 async fn start(name: &str) -> Service {
     let dir = work_dir(name);
-    let (http, otlp, sql) = (free_port(), free_port(), free_port());
+    let (http, otlp, grpc, sql) = (free_port(), free_port(), free_port(), free_port());
     let child = waybill(&dir)
         .arg("serve")
         .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
         .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
+        .env("WAYBILL_OTLP__GRPC_LISTEN", format!("127.0.0.1:{grpc}"))
         .env("WAYBILL_OTLP__MAX_BODY_BYTES", "65536")
         .env("WAYBILL_OTLP__MAX_DECOMPRESSED_BYTES", "1048576")
         .env("WAYBILL_SQL_ENDPOINT__ENABLED", "true")
@@ -42,6 +44,7 @@ async fn start(name: &str) -> Service {
         _running: Running(child),
         http,
         otlp: SocketAddr::from(([127, 0, 0, 1], otlp)),
+        grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
         sql: SocketAddr::from(([127, 0, 0, 1], sql)),
     };
     wait_for_status(http, "/readyz", 200, Duration::from_secs(60)).await;
@@ -72,12 +75,23 @@ fn map(pairs: &[(String, String)], key: &str) -> Option<String> {
 }
 
 #[tokio::test]
-async fn python_sdk_spans_and_logs_are_stored_as_the_exporter_writes_them() {
-    let service = start("otlp-python").await;
+async fn python_sdk_over_http_is_stored_as_the_exporter_writes_it() {
+    let service = start("otlp-python-http").await;
+    python_export_is_stored(&service, service.otlp, "http").await;
+}
+
+#[tokio::test]
+async fn python_sdk_over_grpc_is_stored_as_the_exporter_writes_it() {
+    let service = start("otlp-python-grpc").await;
+    python_export_is_stored(&service, service.grpc, "grpc").await;
+}
+
+/// Runs tests/python/send_otlp.py against `endpoint` and checks every field
+/// of the two spans and the log record it sends.
+async fn python_export_is_stored(service: &Service, endpoint: SocketAddr, protocol: &'static str) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/send_otlp.py");
-    let otlp = service.otlp;
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python()).arg(script).arg(format!("http://{otlp}")).output().unwrap()
+        std::process::Command::new(python()).arg(script).arg(format!("http://{endpoint}")).arg(protocol).output().unwrap()
     })
     .await
     .unwrap();

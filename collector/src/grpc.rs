@@ -1,0 +1,74 @@
+//! OTLP/gRPC receiver, per the OTLP specification ("OTLP/gRPC"):
+//! `TraceService/Export` and `LogsService/Export`, gzip accepted. Other
+//! services, metrics among them, answer UNIMPLEMENTED. A busy pipeline
+//! answers RESOURCE_EXHAUSTED and an unavailable store UNAVAILABLE, both of
+//! which exporters retry.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+use crate::sink::{Sink, SinkError};
+use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
+
+struct Receiver<S> {
+    sink: Arc<S>,
+}
+
+fn status_from(err: SinkError) -> Status {
+    match err {
+        SinkError::Busy { .. } => Status::resource_exhausted(err.to_string()),
+        SinkError::Unavailable { .. } => Status::unavailable(err.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Sink> TraceService for Receiver<S> {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.sink.accept_traces(request.into_inner()).await.map_err(status_from)?;
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Sink> LogsService for Receiver<S> {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.sink.accept_logs(request.into_inner()).await.map_err(status_from)?;
+        Ok(Response::new(ExportLogsServiceResponse { partial_success: None }))
+    }
+}
+
+/// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then finishes
+/// the requests in flight. `max_message_bytes` bounds a decoded (and
+/// decompressed) request; larger ones get RESOURCE_EXHAUSTED.
+pub async fn serve<S: Sink>(
+    listener: TcpListener,
+    sink: Arc<S>,
+    max_message_bytes: usize,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let traces = TraceServiceServer::new(Receiver { sink: sink.clone() })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message_bytes);
+    let logs = LogsServiceServer::new(Receiver { sink })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message_bytes);
+    tonic::transport::Server::builder()
+        .add_service(traces)
+        .add_service(logs)
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
+        .await
+}
