@@ -210,3 +210,116 @@ async fn otlp_json_is_accepted_and_bad_input_is_refused_with_the_right_status() 
         .unwrap();
     assert_eq!(orders, ["PO-2002", "PO-2003"]);
 }
+
+/// The Rust SDK's OTLP exporters, one per protocol the issue names.
+#[derive(Debug, Clone, Copy)]
+enum RustProtocol {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+}
+
+/// Sends one server span and one log record inside it with the Rust
+/// `opentelemetry-otlp` exporter, then checks both rows.
+async fn rust_export_is_stored(protocol: RustProtocol) {
+    use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+    use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer as _, TracerProvider as _};
+    use opentelemetry::KeyValue;
+    use opentelemetry_otlp::{LogExporter, Protocol, SpanExporter, WithExportConfig};
+    use opentelemetry_sdk::logs::SdkLoggerProvider;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_sdk::Resource;
+
+    let service = start(&format!("otlp-rust-{protocol:?}").to_lowercase()).await;
+    let (spans, logs) = match protocol {
+        RustProtocol::Grpc => {
+            let endpoint = format!("http://{}", service.grpc);
+            (
+                SpanExporter::builder().with_tonic().with_endpoint(&endpoint).build().unwrap(),
+                LogExporter::builder().with_tonic().with_endpoint(&endpoint).build().unwrap(),
+            )
+        }
+        RustProtocol::HttpProtobuf | RustProtocol::HttpJson => {
+            let wire = if matches!(protocol, RustProtocol::HttpJson) { Protocol::HttpJson } else { Protocol::HttpBinary };
+            let base = format!("http://{}", service.otlp);
+            (
+                SpanExporter::builder().with_http().with_protocol(wire).with_endpoint(format!("{base}/v1/traces")).build().unwrap(),
+                LogExporter::builder().with_http().with_protocol(wire).with_endpoint(format!("{base}/v1/logs")).build().unwrap(),
+            )
+        }
+    };
+    let resource = Resource::builder().with_service_name("b2b-portal").build();
+    let tracer_provider = SdkTracerProvider::builder().with_simple_exporter(spans).with_resource(resource.clone()).build();
+    let logger_provider = SdkLoggerProvider::builder().with_simple_exporter(logs).with_resource(resource).build();
+
+    let order = format!("PO-{protocol:?}");
+    let (trace_id, span_id) = tokio::task::spawn_blocking({
+        let order = order.clone();
+        let tracer_provider = tracer_provider.clone();
+        let logger_provider = logger_provider.clone();
+        move || {
+            let tracer = tracer_provider.tracer("portal");
+            let logger = logger_provider.logger("portal");
+            tracer.in_span_with_builder(
+                tracer.span_builder("POST /orders").with_kind(SpanKind::Server).with_attributes([
+                    KeyValue::new("biz.key.order", order.clone()),
+                    KeyValue::new("order.lines", 4_i64),
+                ]),
+                |cx| {
+                    let mut record = logger.create_log_record();
+                    record.set_severity_number(Severity::Info);
+                    record.set_severity_text("INFO");
+                    record.set_body(AnyValue::from(format!("order {order} captured")));
+                    record.add_attribute("biz.key.order", order.clone());
+                    logger.emit(record);
+                    let span = cx.span();
+                    let context = span.span_context();
+                    (context.trace_id().to_string(), context.span_id().to_string())
+                },
+            )
+        }
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || {
+        tracer_provider.shutdown().unwrap();
+        logger_provider.shutdown().unwrap();
+    })
+    .await
+    .unwrap();
+
+    let client = service.sql_client();
+    let spans: Vec<(String, String, String, String, String, String)> = client
+        .query("SELECT TraceId, SpanId, SpanName, SpanKind, ServiceName, SpanAttributes['order.lines'] FROM otel_traces WHERE SpanAttributes['biz.key.order'] = ?")
+        .bind(&order)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        spans,
+        [(trace_id.clone(), span_id.clone(), "POST /orders".into(), "Server".into(), "b2b-portal".into(), "4".into())],
+        "{protocol:?}"
+    );
+    let logs: Vec<(String, String, String, u8, String)> = client
+        .query("SELECT TraceId, SpanId, Body, SeverityNumber, SeverityText FROM otel_logs WHERE LogAttributes['biz.key.order'] = ?")
+        .bind(&order)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(logs, [(trace_id, span_id, format!("order {order} captured"), 9, "INFO".into())], "{protocol:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sdk_over_grpc_is_stored() {
+    rust_export_is_stored(RustProtocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sdk_over_http_protobuf_is_stored() {
+    rust_export_is_stored(RustProtocol::HttpProtobuf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sdk_over_http_json_is_stored() {
+    rust_export_is_stored(RustProtocol::HttpJson).await;
+}
