@@ -37,7 +37,7 @@ async fn read_spans(store: &Store) -> Vec<SpanRow> {
 #[tokio::test]
 async fn migrations_apply_once_and_record_their_version() {
     let store = common::store("t_migrations").await;
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "second run applied {:?}", again.applied);
     assert!(again.retention_changed.is_empty());
@@ -60,8 +60,8 @@ async fn concurrent_migrations_converge_on_one_schema() {
     let (a, b) = tokio::join!(first.migrate(), second.migrate());
     a.unwrap();
     b.unwrap();
-    let recorded: Vec<u32> = first.fetch_all("SELECT Version FROM waybill_schema_migrations FINAL").await.unwrap();
-    assert_eq!(recorded, [1]);
+    let recorded: Vec<u32> = first.fetch_all("SELECT Version FROM waybill_schema_migrations FINAL ORDER BY Version").await.unwrap();
+    assert_eq!(recorded, [1, 2]);
     assert!(first.migrate().await.unwrap().applied.is_empty());
 }
 
@@ -126,7 +126,25 @@ async fn queries_on_missing_tables_report_clickhouse_errors() {
     let err = store.execute("SELECT * FROM no_such_table").await.unwrap_err().to_string();
     assert!(err.contains("UNKNOWN_TABLE") && err.contains("no_such_table"), "{err}");
     // The store keeps working after a failed query.
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
+}
+
+/// A retried insert (same token, same rows) is stored once, in the table
+/// and in the trace id view fed from it; a new token stores again.
+#[tokio::test]
+async fn inserts_retried_with_the_same_token_are_stored_once() {
+    let store = common::store("t_dedup").await;
+    let spans: Vec<SpanRow> = (0..100).map(rows::span).collect();
+    store.insert_once("otel_traces", &spans, Some("batch-1")).await.unwrap();
+    store.insert_once("otel_traces", &spans, Some("batch-1")).await.unwrap();
+    let counts: Vec<(u64, Option<u64>)> = store
+        .fetch_all("SELECT count(), (SELECT count() FROM otel_traces_trace_id_ts) FROM otel_traces")
+        .await
+        .unwrap();
+    assert_eq!(counts, [(100, Some(25))]);
+    store.insert_once("otel_traces", &spans, Some("batch-2")).await.unwrap();
+    let count: Vec<u64> = store.fetch_all("SELECT count() FROM otel_traces").await.unwrap();
+    assert_eq!(count, [200]);
 }
 
 /// Server mode, exactly as against a ClickHouse server: the store's client
@@ -142,7 +160,7 @@ async fn server_mode_works_through_the_http_interface() {
     };
     let store = Store::open(&config).await.unwrap();
     common::drop_database(&store).await;
-    assert_eq!(store.migrate().await.unwrap().applied, [1]);
+    assert_eq!(store.migrate().await.unwrap().applied, [1, 2]);
     let written: Vec<SpanRow> = (0..3000).map(rows::span).chain([awkward_span()]).collect();
     store.insert_spans(&written).await.unwrap();
     let mut expected = written;

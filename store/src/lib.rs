@@ -123,8 +123,26 @@ impl Store {
     where
         T: RowOwned + RowWrite,
     {
+        self.insert_once(table, rows, None).await
+    }
+
+    /// Inserts `rows` into `table` as one batch, deduplicated by `token`:
+    /// repeating the insert with the same token and rows (a retry after an
+    /// error whose outcome was unknown) stores the rows once. ClickHouse's
+    /// `insert_deduplication_token`, within the table's deduplication window
+    /// (migration 2 sets it for single-node tables), dependent materialized
+    /// views included.
+    pub async fn insert_once<T>(&self, table: &str, rows: &[T], token: Option<&str>) -> Result<(), StoreError>
+    where
+        T: RowOwned + RowWrite,
+    {
         let action = || format!("insert into {table}");
         let mut insert = self.client.insert::<T>(table).await.map_err(StoreError::clickhouse(action()))?;
+        if let Some(token) = token {
+            insert = insert
+                .with_setting("insert_deduplication_token", token)
+                .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
+        }
         for row in rows {
             insert.write(row).await.map_err(StoreError::clickhouse(action()))?;
         }

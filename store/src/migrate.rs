@@ -21,17 +21,26 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append; never edit a released one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "OpenTelemetry traces and logs tables",
-    statements: |target| {
-        let mut statements = target.create_table(&schema::OTEL_TRACES);
-        statements.extend(target.create_table(&schema::OTEL_TRACES_TRACE_ID_TS));
-        statements.push(target.create_trace_id_ts_view());
-        statements.extend(target.create_table(&schema::OTEL_LOGS));
-        statements
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "OpenTelemetry traces and logs tables",
+        statements: |target| {
+            let mut statements = target.create_table(&schema::OTEL_TRACES);
+            statements.extend(target.create_table(&schema::OTEL_TRACES_TRACE_ID_TS));
+            statements.push(target.create_trace_id_ts_view());
+            statements.extend(target.create_table(&schema::OTEL_LOGS));
+            statements
+        },
     },
-}];
+    Migration {
+        version: 2,
+        name: "insert deduplication window for retried batches",
+        statements: |target| {
+            schema::RETAINED_TABLES.iter().filter_map(|table| target.enable_insert_deduplication(table)).collect()
+        },
+    },
+];
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> u32 {

@@ -261,6 +261,23 @@ GROUP BY TraceId",
     }
 }
 
+impl SchemaTarget {
+    /// Keeps the tokens of the last inserts so a retried insert with the
+    /// same `insert_deduplication_token` is skipped. Replicated tables do
+    /// this by default (`replicated_deduplication_window`); plain MergeTree
+    /// only with `non_replicated_deduplication_window` set.
+    pub fn enable_insert_deduplication(&self, table: &TableDef) -> Option<String> {
+        if self.cluster.is_some() {
+            return None;
+        }
+        Some(format!(
+            "ALTER TABLE {}.{} MODIFY SETTING non_replicated_deduplication_window = 10000",
+            self.db(),
+            quote_identifier(&self.storage_table(table))
+        ))
+    }
+}
+
 /// Tables whose retention follows `store.retention_days`.
 pub const RETAINED_TABLES: &[TableDef] = &[OTEL_TRACES, OTEL_TRACES_TRACE_ID_TS, OTEL_LOGS];
 
