@@ -18,6 +18,7 @@ use waybill_store::StoreConfig;
 pub struct Config {
     pub http: HttpConfig,
     pub otlp: OtlpConfig,
+    pub pipeline: PipelineSettings,
     pub sql_endpoint: SqlEndpointConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
@@ -59,6 +60,45 @@ impl Default for OtlpConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 4318)),
             max_body_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
+        }
+    }
+}
+
+/// How received records are batched into the store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// A batch is written once it holds this many records...
+    pub max_batch_rows: usize,
+    /// ...or this many milliseconds after its first request arrived.
+    pub flush_interval_ms: u64,
+    /// Records queued or being written at most; beyond it exporters get
+    /// 429 / RESOURCE_EXHAUSTED and retry, instead of memory growing.
+    pub max_queued_rows: usize,
+    /// Seconds a failed batch is retried before exporters get 503 / UNAVAILABLE.
+    pub retry_seconds: u64,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        let defaults = crate::pipeline::PipelineConfig::default();
+        PipelineSettings {
+            max_batch_rows: defaults.max_batch_rows,
+            flush_interval_ms: defaults.flush_interval.as_millis() as u64,
+            max_queued_rows: defaults.max_queued_rows,
+            retry_seconds: defaults.retry_for.as_secs(),
+        }
+    }
+}
+
+impl PipelineSettings {
+    pub fn settings(&self) -> crate::pipeline::PipelineConfig {
+        crate::pipeline::PipelineConfig {
+            max_batch_rows: self.max_batch_rows,
+            flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
+            max_queued_rows: self.max_queued_rows,
+            retry_for: std::time::Duration::from_secs(self.retry_seconds),
+            ..crate::pipeline::PipelineConfig::default()
         }
     }
 }
@@ -188,6 +228,12 @@ impl Config {
         if self.otlp.max_body_bytes == 0 || self.otlp.max_decompressed_bytes < self.otlp.max_body_bytes {
             return Err(ConfigError::Invalid(
                 "otlp.max_body_bytes must be positive and otlp.max_decompressed_bytes at least as large".into(),
+            ));
+        }
+        let p = &self.pipeline;
+        if p.max_batch_rows == 0 || p.max_queued_rows < p.max_batch_rows || p.max_queued_rows > u32::MAX as usize {
+            return Err(ConfigError::Invalid(
+                "pipeline.max_batch_rows must be positive and pipeline.max_queued_rows at least as large (and below 4294967295)".into(),
             ));
         }
         let mut listeners = vec![

@@ -1,51 +1,227 @@
 //! From decoded OTLP requests to stored rows: the sink the binary gives the
-//! collector. Rows are written as the OpenTelemetry Collector's ClickHouse
-//! exporter writes them (span kind and status as `Server` / `Error`, ids as
-//! lowercase hex, attribute values as pdata's `AsString`).
+//! collector, and the writer behind it.
 //!
-//! Today each request is converted and inserted on its own and acknowledged
-//! once the insert returns. Batching across requests, a bounded queue with
-//! backpressure, and deduplication of retried batches are not built yet.
+//! Each request is converted to rows (as the OpenTelemetry Collector's
+//! ClickHouse exporter writes them: span kind and status as `Server` /
+//! `Error`, ids as lowercase hex, attribute values as pdata's `AsString`) and
+//! queued; one writer task batches queued requests by rows and time into one
+//! INSERT per table, and each request is acknowledged only once its batch is
+//! stored. At least once, without double counting:
+//! - the queue is bounded in rows; a full queue answers Busy (429 /
+//!   RESOURCE_EXHAUSTED) instead of growing;
+//! - a failed batch is retried with the same deduplication token while its
+//!   clients wait, so a write that did land is not stored twice; if the store
+//!   stays down, clients get Unavailable and resend;
+//! - requests acknowledged recently are remembered by digest, so a client
+//!   resending one whose answer it lost is acknowledged without a write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use waybill_collector::{ExportLogsServiceRequest, ExportTraceServiceRequest, Sink, SinkError};
 use waybill_store::{LogRow, SpanRow, Store};
 
-/// Writes each accepted request to the store before acknowledging it.
-pub struct StoreSink {
-    store: Store,
+/// How the writer batches and how much it may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineConfig {
+    /// A batch is written once it holds this many rows...
+    pub max_batch_rows: usize,
+    /// ...or this long after its first request arrived.
+    pub flush_interval: Duration,
+    /// Rows queued or being written at most; beyond it requests get Busy.
+    pub max_queued_rows: usize,
+    /// How long a failed batch is retried before its clients get Unavailable.
+    pub retry_for: Duration,
+    /// How many acknowledged request digests are remembered.
+    pub remembered_requests: usize,
 }
 
-impl StoreSink {
-    pub fn new(store: Store) -> Self {
-        StoreSink { store }
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            max_batch_rows: 20_000,
+            flush_interval: Duration::from_millis(200),
+            max_queued_rows: 200_000,
+            retry_for: Duration::from_secs(10),
+            remembered_requests: 100_000,
+        }
     }
 }
 
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// One request's rows, waiting for its batch.
+struct Submission {
+    spans: Vec<SpanRow>,
+    logs: Vec<LogRow>,
+    ack: oneshot::Sender<Result<(), SinkError>>,
+    /// Returned to the queue's budget when the submission is dropped.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The collector's sink: converts, queues, and waits for the batch.
+pub struct Pipeline {
+    queue: mpsc::UnboundedSender<Submission>,
+    budget: Arc<Semaphore>,
+    max_queued_rows: usize,
+    acknowledged: Mutex<RecentDigests>,
+}
+
+impl Pipeline {
+    /// Starts the writer task; it ends, after writing what is queued, once
+    /// the pipeline is dropped.
+    pub fn start(store: Store, config: PipelineConfig) -> (Arc<Pipeline>, tokio::task::JoinHandle<()>) {
+        // The channel itself is unbounded; the row budget bounds it.
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let pipeline = Arc::new(Pipeline {
+            queue,
+            budget: Arc::new(Semaphore::new(config.max_queued_rows)),
+            max_queued_rows: config.max_queued_rows,
+            acknowledged: Mutex::new(RecentDigests::new(config.remembered_requests)),
+        });
+        let writer = tokio::spawn(write_batches(store, receiver, config));
+        (pipeline, writer)
+    }
+
+    async fn submit(&self, digest: u128, spans: Vec<SpanRow>, logs: Vec<LogRow>) -> Result<(), SinkError> {
+        let rows = spans.len() + logs.len();
+        if rows == 0 || self.acknowledged.lock().expect("digest lock").contains(digest) {
+            return Ok(());
+        }
+        // A request larger than the whole budget waits for an empty queue.
+        let wanted = rows.min(self.max_queued_rows) as u32;
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(wanted)
+            .map_err(|_| SinkError::Busy { retry_after: BUSY_RETRY_AFTER })?;
+        let (ack, acked) = oneshot::channel();
+        self.queue
+            .send(Submission { spans, logs, ack, _permit: Some(permit) })
+            .map_err(|_| unavailable("the writer has stopped"))?;
+        acked.await.map_err(|_| unavailable("the writer has stopped"))??;
+        self.acknowledged.lock().expect("digest lock").insert(digest);
+        Ok(())
+    }
+}
 
 fn unavailable(err: impl std::fmt::Display) -> SinkError {
     SinkError::Unavailable { reason: err.to_string(), retry_after: STORE_RETRY_AFTER }
 }
 
-impl Sink for StoreSink {
+/// A request's identity for recognizing a resend: CityHash128 of its
+/// protobuf encoding (the same for every OTLP encoding of the same data).
+fn digest(message: &impl Message) -> u128 {
+    cityhash_rs::cityhash_102_128(&message.encode_to_vec())
+}
+
+impl Sink for Pipeline {
     async fn accept_traces(&self, request: ExportTraceServiceRequest) -> Result<(), SinkError> {
-        let rows = tokio::task::spawn_blocking(move || span_rows(&request)).await.map_err(unavailable)?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        self.store.insert_spans(&rows).await.map_err(unavailable)
+        let (digest, rows) = tokio::task::spawn_blocking(move || (digest(&request), span_rows(&request)))
+            .await
+            .map_err(unavailable)?;
+        self.submit(digest, rows, Vec::new()).await
     }
 
     async fn accept_logs(&self, request: ExportLogsServiceRequest) -> Result<(), SinkError> {
-        let rows = tokio::task::spawn_blocking(move || log_rows(&request)).await.map_err(unavailable)?;
-        if rows.is_empty() {
+        let (digest, rows) = tokio::task::spawn_blocking(move || (digest(&request), log_rows(&request)))
+            .await
+            .map_err(unavailable)?;
+        self.submit(digest, Vec::new(), rows).await
+    }
+}
+
+/// The last acknowledged request digests, oldest forgotten first.
+struct RecentDigests {
+    order: VecDeque<u128>,
+    set: HashSet<u128>,
+    capacity: usize,
+}
+
+impl RecentDigests {
+    fn new(capacity: usize) -> Self {
+        RecentDigests { order: VecDeque::new(), set: HashSet::new(), capacity }
+    }
+
+    fn contains(&self, digest: u128) -> bool {
+        self.set.contains(&digest)
+    }
+
+    fn insert(&mut self, digest: u128) {
+        if self.capacity == 0 || !self.set.insert(digest) {
+            return;
+        }
+        self.order.push_back(digest);
+        if self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// The writer: gathers submissions into batches and writes each batch.
+async fn write_batches(store: Store, mut queue: mpsc::UnboundedReceiver<Submission>, config: PipelineConfig) {
+    static BATCH: AtomicU64 = AtomicU64::new(0);
+    // Tokens must not repeat across restarts within the dedup window.
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    while let Some(first) = queue.recv().await {
+        let deadline = Instant::now() + config.flush_interval;
+        let mut rows = first.spans.len() + first.logs.len();
+        let mut batch = vec![first];
+        while rows < config.max_batch_rows {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(next)) => {
+                    rows += next.spans.len() + next.logs.len();
+                    batch.push(next);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let token = format!("waybill-{run:x}-{}", BATCH.fetch_add(1, Ordering::Relaxed));
+        let result = write_batch(&store, &mut batch, &token, config.retry_for).await;
+        for submission in batch {
+            let _ = submission.ack.send(result.clone());
+        }
+    }
+}
+
+/// Writes one batch, retrying with the same tokens until `retry_for` passes.
+async fn write_batch(store: &Store, batch: &mut [Submission], token: &str, retry_for: Duration) -> Result<(), SinkError> {
+    let spans: Vec<SpanRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.spans)).collect();
+    let logs: Vec<LogRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.logs)).collect();
+    let give_up = Instant::now() + retry_for;
+    let mut delay = Duration::from_millis(100);
+    let mut spans_written = spans.is_empty();
+    let mut logs_written = logs.is_empty();
+    loop {
+        if !spans_written {
+            match store.insert_once("otel_traces", &spans, Some(&format!("{token}-spans"))).await {
+                Ok(()) => spans_written = true,
+                Err(err) => tracing::warn!(error = %err, rows = spans.len(), "span batch not written; retrying"),
+            }
+        }
+        if spans_written && !logs_written {
+            match store.insert_once("otel_logs", &logs, Some(&format!("{token}-logs"))).await {
+                Ok(()) => logs_written = true,
+                Err(err) => tracing::warn!(error = %err, rows = logs.len(), "log batch not written; retrying"),
+            }
+        }
+        if spans_written && logs_written {
             return Ok(());
         }
-        self.store.insert_logs(&rows).await.map_err(unavailable)
+        if Instant::now() + delay > give_up {
+            return Err(unavailable("the store did not take the batch"));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -280,6 +456,17 @@ mod tests {
         };
         assert_eq!(value_string(Some(&any(KvlistValue(map)))), r#"{"a":2.5,"z":false}"#);
         assert_eq!(value_string(None), "");
+    }
+
+    #[test]
+    fn recent_digests_forget_the_oldest_first() {
+        let mut recent = RecentDigests::new(2);
+        recent.insert(1);
+        recent.insert(2);
+        recent.insert(2);
+        assert!(recent.contains(1) && recent.contains(2));
+        recent.insert(3);
+        assert!(!recent.contains(1) && recent.contains(2) && recent.contains(3));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use waybill_store::http_interface::{self, Access};
 use waybill_store::Store;
 
 use crate::config::Config;
-use crate::pipeline::StoreSink;
+use crate::pipeline::Pipeline;
 
 /// What the web handlers share.
 #[derive(Clone)]
@@ -47,7 +47,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_body_bytes: config.otlp.max_body_bytes,
         max_decompressed_bytes: config.otlp.max_decompressed_bytes,
     };
-    let sink = Arc::new(StoreSink::new(store.clone()));
+    let (sink, writer) = Pipeline::start(store.clone(), config.pipeline.settings());
     let otlp = waybill_collector::http::router(sink.clone(), limits);
     let listener = TcpListener::bind(config.otlp.http_listen)
         .await
@@ -61,11 +61,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "OTLP/gRPC receiver listening");
     let mut grpc_shutdown = shutdown_rx.clone();
     let max_message_bytes = config.otlp.max_decompressed_bytes;
+    let grpc_sink = sink.clone();
     servers.push(tokio::spawn(async move {
         let shutdown = async move {
             let _ = grpc_shutdown.wait_for(|stop| *stop).await;
         };
-        waybill_collector::grpc::serve(listener, sink, max_message_bytes, shutdown).await.context("OTLP/gRPC receiver failed")
+        waybill_collector::grpc::serve(listener, grpc_sink, max_message_bytes, shutdown).await.context("OTLP/gRPC receiver failed")
     }));
 
     if config.sql_endpoint.enabled {
@@ -85,6 +86,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for server in servers {
         server.await.context("web server task failed")??;
     }
+    // The receivers are gone; the writer stores what is queued, then ends.
+    drop(sink);
+    writer.await.context("the writer task failed")?;
     migration.abort();
     store.close().await;
     tracing::info!("stopped");

@@ -323,3 +323,72 @@ async fn rust_sdk_over_http_protobuf_is_stored() {
 async fn rust_sdk_over_http_json_is_stored() {
     rust_export_is_stored(RustProtocol::HttpJson).await;
 }
+
+/// One span of OTLP/JSON for order `order`, timestamped now.
+fn json_span(order: &str, span_id: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    JSON_TRACE
+        .replace("1790000000000000000", &now.to_string())
+        .replace("1790000000250000000", &(now + 250_000_000).to_string())
+        .replace("PO-2002", order)
+        .replace("eee19b7ec3c1b174", span_id)
+}
+
+/// At least once without double counting: while the store is unreachable
+/// the queue stays bounded (429) and clients are told to retry (503); once
+/// it is back, the retried request is stored, and a resend of an already
+/// acknowledged request is not stored again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_loses_nothing_and_stores_resends_once() {
+    let store_port = free_port();
+    let dir = work_dir("otlp-outage");
+    let (http, otlp) = (free_port(), free_port());
+    let child = waybill(&dir)
+        .arg("serve")
+        .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+        .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
+        .env("WAYBILL_STORE__MODE", "server")
+        .env("WAYBILL_STORE__SERVER__URL", format!("http://127.0.0.1:{store_port}"))
+        .env("WAYBILL_STORE__DATABASE", "t_outage")
+        .env("WAYBILL_PIPELINE__MAX_BATCH_ROWS", "1")
+        .env("WAYBILL_PIPELINE__MAX_QUEUED_ROWS", "1")
+        .env("WAYBILL_PIPELINE__RETRY_SECONDS", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = Running(child);
+    wait_for_status(http, "/healthz", 200, Duration::from_secs(60)).await;
+    let otlp = SocketAddr::from(([127, 0, 0, 1], otlp));
+    let json = [("Content-Type", "application/json")];
+    let first = json_span("PO-OUTAGE", "00000000000000a1");
+
+    let pending = tokio::spawn({
+        let body = first.clone();
+        async move { common::http(otlp, "POST", "/v1/traces", &json, body.as_bytes()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let busy = common::http(otlp, "POST", "/v1/traces", &json, json_span("PO-BUSY", "00000000000000b1").as_bytes()).await;
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    assert_eq!(busy.header("Retry-After"), Some("1"));
+    let unavailable = pending.await.unwrap();
+    assert_eq!(unavailable.status, 503, "{}", unavailable.text());
+    assert!(unavailable.header("Retry-After").is_some());
+
+    // The store comes back on the same address.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", store_port)).await.unwrap();
+    let router = waybill_store::http_interface::router(common::engine(), waybill_store::http_interface::Access::ReadWrite);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    wait_for_status(http, "/readyz", 200, Duration::from_secs(60)).await;
+
+    for attempt in ["retry after 503", "resend after a lost answer"] {
+        let response = common::http(otlp, "POST", "/v1/traces", &json, first.as_bytes()).await;
+        assert_eq!(response.status, 200, "{attempt}: {}", response.text());
+    }
+    let store = waybill_store::Store::embedded(common::engine(), common::target("t_outage"));
+    let orders: Vec<(String, u64)> = store
+        .fetch_all("SELECT SpanAttributes['biz.key.order'] AS o, count() FROM otel_traces GROUP BY o ORDER BY o")
+        .await
+        .unwrap();
+    assert_eq!(orders, [("PO-OUTAGE".to_owned(), 1)]);
+}
