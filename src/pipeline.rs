@@ -54,6 +54,50 @@ impl Default for PipelineConfig {
     }
 }
 
+mod metrics {
+    //! The pipeline's Prometheus metrics (default registry).
+    use std::sync::LazyLock;
+
+    use prometheus::{register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge};
+    use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge};
+
+    pub static QUEUED_RECORDS: LazyLock<IntGauge> = LazyLock::new(|| {
+        register_int_gauge!("waybill_pipeline_queued_records", "Records accepted into the queue and not yet stored")
+            .expect("metric registers once")
+    });
+    pub static BATCH_RECORDS: LazyLock<Histogram> = LazyLock::new(|| {
+        register_histogram!(
+            "waybill_pipeline_batch_records",
+            "Records per written batch",
+            vec![1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 20_000.0, 50_000.0, 100_000.0]
+        )
+        .expect("metric registers once")
+    });
+    pub static INSERT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+        register_histogram_vec!(
+            "waybill_store_insert_duration_seconds",
+            "Time of one batch INSERT, by table",
+            &["table"],
+            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+        )
+        .expect("metric registers once")
+    });
+    pub static FAILED_INSERTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        register_int_counter_vec!("waybill_store_failed_inserts_total", "Batch INSERTs that failed (and were retried), by table", &["table"])
+            .expect("metric registers once")
+    });
+
+    /// Makes every pipeline metric visible from the start.
+    pub fn register() {
+        LazyLock::force(&QUEUED_RECORDS);
+        LazyLock::force(&BATCH_RECORDS);
+        LazyLock::force(&INSERT_SECONDS);
+        LazyLock::force(&FAILED_INSERTS);
+    }
+}
+
+pub use metrics::register as register_metrics;
+
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -106,7 +150,10 @@ impl Pipeline {
         self.queue
             .send(Submission { spans, logs, ack, _permit: Some(permit) })
             .map_err(|_| unavailable("the writer has stopped"))?;
-        acked.await.map_err(|_| unavailable("the writer has stopped"))??;
+        metrics::QUEUED_RECORDS.add(rows as i64);
+        let stored = acked.await;
+        metrics::QUEUED_RECORDS.sub(rows as i64);
+        stored.map_err(|_| unavailable("the writer has stopped"))??;
         self.acknowledged.lock().expect("digest lock").insert(digest);
         Ok(())
     }
@@ -186,9 +233,30 @@ async fn write_batches(store: Store, mut queue: mpsc::UnboundedReceiver<Submissi
             }
         }
         let token = format!("waybill-{run:x}-{}", BATCH.fetch_add(1, Ordering::Relaxed));
+        metrics::BATCH_RECORDS.observe(rows as f64);
         let result = write_batch(&store, &mut batch, &token, config.retry_for).await;
         for submission in batch {
             let _ = submission.ack.send(result.clone());
+        }
+    }
+}
+
+/// One INSERT, measured; whether it was stored.
+async fn timed_insert<T>(store: &Store, table: &'static str, rows: &[T], token: &str) -> bool
+where
+    T: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    let timer = metrics::INSERT_SECONDS.with_label_values(&[table]).start_timer();
+    match store.insert_once(table, rows, Some(token)).await {
+        Ok(()) => {
+            timer.observe_duration();
+            true
+        }
+        Err(err) => {
+            timer.stop_and_discard();
+            metrics::FAILED_INSERTS.with_label_values(&[table]).inc();
+            tracing::warn!(error = %err, table, rows = rows.len(), "batch not written; retrying");
+            false
         }
     }
 }
@@ -203,16 +271,10 @@ async fn write_batch(store: &Store, batch: &mut [Submission], token: &str, retry
     let mut logs_written = logs.is_empty();
     loop {
         if !spans_written {
-            match store.insert_once("otel_traces", &spans, Some(&format!("{token}-spans"))).await {
-                Ok(()) => spans_written = true,
-                Err(err) => tracing::warn!(error = %err, rows = spans.len(), "span batch not written; retrying"),
-            }
+            spans_written = timed_insert(store, "otel_traces", &spans, &format!("{token}-spans")).await;
         }
         if spans_written && !logs_written {
-            match store.insert_once("otel_logs", &logs, Some(&format!("{token}-logs"))).await {
-                Ok(()) => logs_written = true,
-                Err(err) => tracing::warn!(error = %err, rows = logs.len(), "log batch not written; retrying"),
-            }
+            logs_written = timed_insert(store, "otel_logs", &logs, &format!("{token}-logs")).await;
         }
         if spans_written && logs_written {
             return Ok(());

@@ -36,11 +36,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let migration = tokio::spawn(migrate_until_done(store.clone(), migrated.clone(), shutdown_rx.clone()));
 
     let state = AppState { store: store.clone(), migrated };
-    let app = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state);
+    waybill_collector::metrics::register();
+    crate::pipeline::register_metrics();
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "web server listening (/healthz, /readyz)");
+    tracing::info!(address = %listener.local_addr()?, "web server listening (/healthz, /readyz, /metrics)");
     let mut servers = vec![tokio::spawn(serve_until(listener, app, shutdown_rx.clone()))];
 
     let limits = HttpLimits {
@@ -127,6 +133,16 @@ async fn migrate_until_done(store: Store, migrated: Arc<AtomicBool>, mut shutdow
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     }
+}
+
+/// Prometheus text exposition of the process's metrics.
+async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], Vec<u8>) {
+    let mut body = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(err) = prometheus::Encoder::encode(&encoder, &prometheus::gather(), &mut body) {
+        tracing::warn!(error = %err, "metrics could not be encoded");
+    }
+    ([(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
 }
 
 async fn healthz() -> &'static str {

@@ -70,6 +70,16 @@ fn python() -> PathBuf {
     path
 }
 
+/// The value of a sample in Prometheus text exposition with all of `labels`.
+fn metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric_name, label_text) = series.split_once('{').unwrap_or((series, ""));
+        let matches = metric_name == name && labels.iter().all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
 fn map(pairs: &[(String, String)], key: &str) -> Option<String> {
     pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
@@ -141,6 +151,10 @@ async fn python_export_is_stored(service: &Service, endpoint: SocketAddr, protoc
         .unwrap();
     assert_eq!(logs.len(), 1, "{logs:#?}");
     let record = &logs[0];
+    let metrics = common::http(SocketAddr::from(([127, 0, 0, 1], service.http)), "GET", "/metrics", &[], b"").await;
+    assert_eq!(metric(&metrics.text(), "waybill_collector_accepted_records_total", &[("signal", "traces"), ("protocol", protocol)]), Some(2.0));
+    assert_eq!(metric(&metrics.text(), "waybill_collector_accepted_records_total", &[("signal", "logs"), ("protocol", protocol)]), Some(1.0));
+    assert!(metric(&metrics.text(), "waybill_pipeline_batch_records_count", &[]).is_some_and(|batches| batches >= 1.0));
     assert_eq!((record.trace_id.as_str(), record.span_id.as_str()), (trace_id, child_id));
     // W3C trace flags as sent: sampled (0x01), and the SDK may add random (0x02).
     assert_eq!(record.trace_flags & 0x01, 0x01, "flags {:#x}", record.trace_flags);
@@ -371,6 +385,8 @@ async fn an_unreachable_store_loses_nothing_and_stores_resends_once() {
     let busy = common::http(otlp, "POST", "/v1/traces", &json, json_span("PO-BUSY", "00000000000000b1").as_bytes()).await;
     assert_eq!(busy.status, 429, "{}", busy.text());
     assert_eq!(busy.header("Retry-After"), Some("1"));
+    let metrics = common::http(SocketAddr::from(([127, 0, 0, 1], http)), "GET", "/metrics", &[], b"").await.text();
+    assert_eq!(metric(&metrics, "waybill_collector_refused_requests_total", &[("protocol", "http"), ("reason", "busy")]), Some(1.0));
     let unavailable = pending.await.unwrap();
     assert_eq!(unavailable.status, 503, "{}", unavailable.text());
     assert!(unavailable.header("Retry-After").is_some());

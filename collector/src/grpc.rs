@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
+use crate::metrics;
 use crate::sink::{Sink, SinkError};
 use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
 
@@ -29,13 +30,29 @@ fn status_from(err: SinkError) -> Status {
     }
 }
 
+/// Counts the sink's answer for `records` records and maps it to a status.
+fn accepted(signal: &str, records: u64, result: Result<(), SinkError>) -> Result<(), Status> {
+    match result {
+        Ok(()) => {
+            metrics::ACCEPTED_RECORDS.with_label_values(&[signal, "grpc"]).inc_by(records);
+            Ok(())
+        }
+        Err(err) => {
+            metrics::refused(signal, "grpc", metrics::sink_reason(&err), records);
+            Err(status_from(err))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl<S: Sink> TraceService for Receiver<S> {
     async fn export(
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.sink.accept_traces(request.into_inner()).await.map_err(status_from)?;
+        let request = request.into_inner();
+        let records = metrics::span_count(&request);
+        accepted("traces", records, self.sink.accept_traces(request).await)?;
         Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
@@ -46,7 +63,9 @@ impl<S: Sink> LogsService for Receiver<S> {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        self.sink.accept_logs(request.into_inner()).await.map_err(status_from)?;
+        let request = request.into_inner();
+        let records = metrics::log_count(&request);
+        accepted("logs", records, self.sink.accept_logs(request).await)?;
         Ok(Response::new(ExportLogsServiceResponse { partial_success: None }))
     }
 }

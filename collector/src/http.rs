@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 
+use crate::metrics;
 use crate::sink::{Sink, SinkError};
 use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
 
@@ -76,6 +77,8 @@ impl Encoding {
 #[derive(Debug)]
 pub struct Refusal {
     status: StatusCode,
+    /// The metrics label for this refusal.
+    reason: &'static str,
     message: String,
     encoding: Encoding,
     retry_after_seconds: Option<u64>,
@@ -83,7 +86,15 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(status: StatusCode, encoding: Encoding, message: impl Into<String>) -> Self {
-        Refusal { status, message: message.into(), encoding, retry_after_seconds: None }
+        let reason = match status {
+            StatusCode::BAD_REQUEST => "decode",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "content_type",
+            StatusCode::TOO_MANY_REQUESTS => "busy",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "other",
+        };
+        Refusal { status, reason, message: message.into(), encoding, retry_after_seconds: None }
     }
 }
 
@@ -164,11 +175,14 @@ fn decoded_body(headers: &HeaderMap, body: Bytes, limits: HttpLimits, encoding: 
             }
             Ok(out.into())
         }
-        other => Err(Refusal::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            encoding,
-            format!("content encoding {other:?} is not supported; send gzip or no encoding"),
-        )),
+        other => Err(Refusal {
+            reason: "encoding",
+            ..Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                encoding,
+                format!("content encoding {other:?} is not supported; send gzip or no encoding"),
+            )
+        }),
     }
 }
 
@@ -196,25 +210,43 @@ fn success<T: Message + serde::Serialize>(response: T, encoding: Encoding) -> Re
 }
 
 async fn traces<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut records = 0;
     let result = async {
         let encoding = request_encoding(&headers)?;
         let body = decoded_body(&headers, body, receiver.limits, encoding)?;
         let request: ExportTraceServiceRequest = decode(body, encoding, "trace export").await?;
+        records = metrics::span_count(&request);
         receiver.sink.accept_traces(request).await.map_err(|e| refusal_from_sink(e, encoding))?;
         Ok::<_, Refusal>(success(ExportTraceServiceResponse { partial_success: None }, encoding))
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    answer("traces", result.await, &records)
 }
 
 async fn logs<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut records = 0;
     let result = async {
         let encoding = request_encoding(&headers)?;
         let body = decoded_body(&headers, body, receiver.limits, encoding)?;
         let request: ExportLogsServiceRequest = decode(body, encoding, "log export").await?;
+        records = metrics::log_count(&request);
         receiver.sink.accept_logs(request).await.map_err(|e| refusal_from_sink(e, encoding))?;
         Ok::<_, Refusal>(success(ExportLogsServiceResponse { partial_success: None }, encoding))
     };
-    result.await.unwrap_or_else(IntoResponse::into_response)
+    answer("logs", result.await, &records)
+}
+
+/// Counts the outcome and renders it.
+fn answer(signal: &str, result: Result<Response, Refusal>, records: &u64) -> Response {
+    match result {
+        Ok(response) => {
+            metrics::ACCEPTED_RECORDS.with_label_values(&[signal, "http"]).inc_by(*records);
+            response
+        }
+        Err(refusal) => {
+            metrics::refused(signal, "http", refusal.reason, *records);
+            refusal.into_response()
+        }
+    }
 }
 
 /// Metrics are not stored: say so rather than accept and drop them.

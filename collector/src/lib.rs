@@ -9,6 +9,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod sink;
 
 pub use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;

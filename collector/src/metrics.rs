@@ -1,0 +1,66 @@
+//! The collector's Prometheus metrics, in the process's default registry.
+//! Labels come from small fixed sets: signal, protocol, refusal reason.
+
+use std::sync::LazyLock;
+
+use prometheus::{register_int_counter_vec, IntCounterVec};
+
+/// Records stored and acknowledged, by signal (`traces`, `logs`) and protocol (`grpc`, `http`).
+pub static ACCEPTED_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "waybill_collector_accepted_records_total",
+        "Spans and log records acknowledged to exporters after being stored",
+        &["signal", "protocol"]
+    )
+    .expect("metric registers once")
+});
+
+/// Requests refused, by signal, protocol and reason.
+pub static REFUSED_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "waybill_collector_refused_requests_total",
+        "OTLP requests refused, by reason: decode, content_type, encoding, too_large, busy, unavailable",
+        &["signal", "protocol", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Records in refused requests, by signal, protocol and reason (0 when the body did not decode).
+pub static REFUSED_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "waybill_collector_refused_records_total",
+        "Spans and log records in decoded requests that were refused (busy or unavailable)",
+        &["signal", "protocol", "reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts a refusal of `records` records.
+pub(crate) fn refused(signal: &str, protocol: &str, reason: &str, records: u64) {
+    REFUSED_REQUESTS.with_label_values(&[signal, protocol, reason]).inc();
+    if records > 0 {
+        REFUSED_RECORDS.with_label_values(&[signal, protocol, reason]).inc_by(records);
+    }
+}
+
+/// Makes every collector metric visible from the start, at zero.
+pub fn register() {
+    LazyLock::force(&ACCEPTED_RECORDS);
+    LazyLock::force(&REFUSED_REQUESTS);
+    LazyLock::force(&REFUSED_RECORDS);
+}
+
+pub(crate) fn span_count(request: &crate::ExportTraceServiceRequest) -> u64 {
+    request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()
+}
+
+pub(crate) fn log_count(request: &crate::ExportLogsServiceRequest) -> u64 {
+    request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum()
+}
+
+pub(crate) fn sink_reason(err: &crate::SinkError) -> &'static str {
+    match err {
+        crate::SinkError::Busy { .. } => "busy",
+        crate::SinkError::Unavailable { .. } => "unavailable",
+    }
+}
