@@ -189,6 +189,8 @@ async fn otlp_json_is_accepted_and_bad_input_is_refused_with_the_right_status() 
 
     let refusals: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16)> = vec![
         ("/v1/traces", protobuf.to_vec(), vec![0x0a, 0xff, 0xff, 0x01], 400),
+        // A span name that is not UTF-8: resource_spans / scope_spans / spans / name = 0xff.
+        ("/v1/traces", protobuf.to_vec(), vec![0x0a, 0x07, 0x12, 0x05, 0x12, 0x03, 0x2a, 0x01, 0xff], 400),
         ("/v1/traces", json.to_vec(), br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}"#.to_vec(), 400),
         ("/v1/logs", json.to_vec(), b"{not json".to_vec(), 400),
         ("/v1/traces", vec![("Content-Type", "text/plain")], b"hello".to_vec(), 415),
@@ -215,6 +217,18 @@ async fn otlp_json_is_accepted_and_bad_input_is_refused_with_the_right_status() 
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(service.post("/v1/logs", &protobuf, b"").await.status, 200);
 
+    // One invalid span (a 2-byte trace id) is rejected, its neighbour stored.
+    let two_spans = body.replace("PO-2002", "PO-2004").replace(
+        r#"{"traceId":"5b8efff798038103d269b633813fc60c""#,
+        r#"{"traceId":"abcd","spanId":"0000000000000bad","name":"bad"},{"traceId":"5b8efff798038103d269b633813fc60c""#,
+    );
+    let partial = service.post("/v1/traces", &json, two_spans.as_bytes()).await;
+    assert_eq!(partial.status, 200, "{}", partial.text());
+    let answer: serde_json::Value = serde_json::from_slice(&partial.body).unwrap();
+    let rejected = &answer["partialSuccess"]["rejectedSpans"];
+    assert!(rejected == 1 || rejected == "1", "{answer}");
+    assert!(answer["partialSuccess"]["errorMessage"].as_str().unwrap().contains("trace_id must be 16 bytes, got 2"), "{answer}");
+
     wait_for_status(service.http, "/readyz", 200, Duration::from_secs(5)).await;
     let orders: Vec<String> = service
         .sql_client()
@@ -222,7 +236,7 @@ async fn otlp_json_is_accepted_and_bad_input_is_refused_with_the_right_status() 
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(orders, ["PO-2002", "PO-2003"]);
+    assert_eq!(orders, ["PO-2002", "PO-2003", "PO-2004"]);
 }
 
 /// The Rust SDK's OTLP exporters, one per protocol the issue names.

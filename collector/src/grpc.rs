@@ -8,14 +8,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use crate::metrics;
+use crate::{metrics, validate};
 use crate::sink::{Sink, SinkError};
 use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
 
@@ -50,10 +50,16 @@ impl<S: Sink> TraceService for Receiver<S> {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        let rejected = validate::retain_valid_spans(&mut request);
+        metrics::invalid("traces", "grpc", rejected.count);
         let records = metrics::span_count(&request);
         accepted("traces", records, self.sink.accept_traces(request).await)?;
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+        let partial_success = (rejected.count > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: rejected.count as i64,
+            error_message: rejected.message("spans"),
+        });
+        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
     }
 }
 
@@ -63,10 +69,16 @@ impl<S: Sink> LogsService for Receiver<S> {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        let rejected = validate::retain_valid_logs(&mut request);
+        metrics::invalid("logs", "grpc", rejected.count);
         let records = metrics::log_count(&request);
         accepted("logs", records, self.sink.accept_logs(request).await)?;
-        Ok(Response::new(ExportLogsServiceResponse { partial_success: None }))
+        let partial_success = (rejected.count > 0).then(|| ExportLogsPartialSuccess {
+            rejected_log_records: rejected.count as i64,
+            error_message: rejected.message("log records"),
+        });
+        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
     }
 }
 

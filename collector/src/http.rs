@@ -18,11 +18,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
 
-use crate::metrics;
+use crate::{metrics, validate};
 use crate::sink::{Sink, SinkError};
 use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
 
@@ -214,10 +214,16 @@ async fn traces<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: Head
     let result = async {
         let encoding = request_encoding(&headers)?;
         let body = decoded_body(&headers, body, receiver.limits, encoding)?;
-        let request: ExportTraceServiceRequest = decode(body, encoding, "trace export").await?;
+        let mut request: ExportTraceServiceRequest = decode(body, encoding, "trace export").await?;
+        let rejected = validate::retain_valid_spans(&mut request);
+        metrics::invalid("traces", "http", rejected.count);
         records = metrics::span_count(&request);
         receiver.sink.accept_traces(request).await.map_err(|e| refusal_from_sink(e, encoding))?;
-        Ok::<_, Refusal>(success(ExportTraceServiceResponse { partial_success: None }, encoding))
+        let partial_success = (rejected.count > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: rejected.count as i64,
+            error_message: rejected.message("spans"),
+        });
+        Ok::<_, Refusal>(success(ExportTraceServiceResponse { partial_success }, encoding))
     };
     answer("traces", result.await, &records)
 }
@@ -227,10 +233,16 @@ async fn logs<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: Header
     let result = async {
         let encoding = request_encoding(&headers)?;
         let body = decoded_body(&headers, body, receiver.limits, encoding)?;
-        let request: ExportLogsServiceRequest = decode(body, encoding, "log export").await?;
+        let mut request: ExportLogsServiceRequest = decode(body, encoding, "log export").await?;
+        let rejected = validate::retain_valid_logs(&mut request);
+        metrics::invalid("logs", "http", rejected.count);
         records = metrics::log_count(&request);
         receiver.sink.accept_logs(request).await.map_err(|e| refusal_from_sink(e, encoding))?;
-        Ok::<_, Refusal>(success(ExportLogsServiceResponse { partial_success: None }, encoding))
+        let partial_success = (rejected.count > 0).then(|| ExportLogsPartialSuccess {
+            rejected_log_records: rejected.count as i64,
+            error_message: rejected.message("log records"),
+        });
+        Ok::<_, Refusal>(success(ExportLogsServiceResponse { partial_success }, encoding))
     };
     answer("logs", result.await, &records)
 }

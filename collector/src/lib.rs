@@ -4,13 +4,14 @@
 //!
 //! Today: OTLP/gRPC (traces, logs; gzip) and OTLP/HTTP (`/v1/traces`,
 //! `/v1/logs`; protobuf and JSON; gzip), body limits, and the spec's status
-//! codes. Not yet: zstd, partial success for invalid records, per-source
-//! tokens, self-metrics.
+//! codes, partial success for invalid records, Prometheus metrics. Not
+//! yet: zstd, per-source tokens, attribute limits.
 
 pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod sink;
+pub mod validate;
 
 pub use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

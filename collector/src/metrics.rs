@@ -29,7 +29,7 @@ pub static REFUSED_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static REFUSED_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "waybill_collector_refused_records_total",
-        "Spans and log records in decoded requests that were refused (busy or unavailable)",
+        "Spans and log records in decoded requests that were not stored: invalid, busy or unavailable",
         &["signal", "protocol", "reason"]
     )
     .expect("metric registers once")
@@ -40,6 +40,13 @@ pub(crate) fn refused(signal: &str, protocol: &str, reason: &str, records: u64) 
     REFUSED_REQUESTS.with_label_values(&[signal, protocol, reason]).inc();
     if records > 0 {
         REFUSED_RECORDS.with_label_values(&[signal, protocol, reason]).inc_by(records);
+    }
+}
+
+/// Counts records dropped as invalid (reported to the client as partial success).
+pub(crate) fn invalid(signal: &str, protocol: &str, records: u64) {
+    if records > 0 {
+        REFUSED_RECORDS.with_label_values(&[signal, protocol, "invalid"]).inc_by(records);
     }
 }
 
