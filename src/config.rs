@@ -68,9 +68,12 @@ impl Default for OtlpConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSettings {
-    /// A batch is written once it holds this many records...
+    /// A batch holds at most this many records; it is written as soon as
+    /// nothing else is waiting...
     pub max_batch_rows: usize,
-    /// ...or this many milliseconds after its first request arrived.
+    /// ...after lingering this many milliseconds for more (0: at once).
+    /// Batches grow with load either way, since the next one gathers while
+    /// one is written.
     pub flush_interval_ms: u64,
     /// Records queued or being written at most; beyond it exporters get
     /// 429 / RESOURCE_EXHAUSTED and retry, instead of memory growing.

@@ -1,9 +1,6 @@
 //! `waybill`: business transaction lineage over OpenTelemetry, stored in
 //! ClickHouse. Subcommands: `serve` (default), `migrate`, `check-config`.
 
-mod config;
-mod pipeline;
-mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use config::Config;
+use waybill::config::Config;
+use waybill::serve;
 
 #[derive(Parser)]
 #[command(name = "waybill", version, about = "Where each business transaction is, from OpenTelemetry data in ClickHouse")]

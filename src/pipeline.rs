@@ -4,9 +4,9 @@
 //! Each request is converted to rows (as the OpenTelemetry Collector's
 //! ClickHouse exporter writes them: span kind and status as `Server` /
 //! `Error`, ids as lowercase hex, attribute values as pdata's `AsString`) and
-//! queued; one writer task batches queued requests by rows and time into one
-//! INSERT per table, and each request is acknowledged only once its batch is
-//! stored. At least once, without double counting:
+//! queued; one writer task writes what is queued as one INSERT per table
+//! (up to a row limit, optionally lingering for more), and each request is
+//! acknowledged only once its batch is stored. At least once, without double counting:
 //! - the queue is bounded in rows; a full queue answers Busy (429 /
 //!   RESOURCE_EXHAUSTED) instead of growing;
 //! - a failed batch is retried with the same deduplication token while its
@@ -30,9 +30,10 @@ use waybill_store::{LogRow, SpanRow, Store};
 /// How the writer batches and how much it may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct PipelineConfig {
-    /// A batch is written once it holds this many rows...
+    /// A batch is written once it holds this many rows, or once nothing
+    /// else is waiting...
     pub max_batch_rows: usize,
-    /// ...or this long after its first request arrived.
+    /// ...after lingering this long for more (zero: write at once).
     pub flush_interval: Duration,
     /// Rows queued or being written at most; beyond it requests get Busy.
     pub max_queued_rows: usize,
@@ -46,7 +47,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             max_batch_rows: 20_000,
-            flush_interval: Duration::from_millis(200),
+            flush_interval: Duration::ZERO,
             max_queued_rows: 200_000,
             retry_for: Duration::from_secs(10),
             remembered_requests: 100_000,
@@ -220,17 +221,24 @@ async fn write_batches(store: Store, mut queue: mpsc::UnboundedReceiver<Submissi
     // Tokens must not repeat across restarts within the dedup window.
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     while let Some(first) = queue.recv().await {
+        // Take what is waiting; with a linger, wait that long for more. While
+        // a batch is being written the next one gathers, so batches grow with
+        // load and a lone exporter is not held back by a timer.
         let deadline = Instant::now() + config.flush_interval;
         let mut rows = first.spans.len() + first.logs.len();
         let mut batch = vec![first];
         while rows < config.max_batch_rows {
-            match tokio::time::timeout_at(deadline, queue.recv()).await {
-                Ok(Some(next)) => {
-                    rows += next.spans.len() + next.logs.len();
-                    batch.push(next);
-                }
-                Ok(None) | Err(_) => break,
-            }
+            let next = match queue.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) if config.flush_interval.is_zero() => break,
+                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) | Err(_) => break,
+                },
+            };
+            rows += next.spans.len() + next.logs.len();
+            batch.push(next);
         }
         let token = format!("waybill-{run:x}-{}", BATCH.fetch_add(1, Ordering::Relaxed));
         metrics::BATCH_RECORDS.observe(rows as f64);

@@ -1,0 +1,310 @@
+//! OTLP/HTTP load against a running `waybill serve` on the embedded store:
+//! sustained spans/s end to end (acknowledged, so stored), its ratio to the
+//! raw engine insert rate of the same rows measured in the same run, and
+//! the service's resident memory (engine included) under overload.
+//!
+//! Run: `cargo bench --bench otlp_load`. Environment: BENCH_SECONDS (20),
+//! BENCH_CONNECTIONS (4), BENCH_OVERLOAD_CONNECTIONS (32), BENCH_BATCHES
+//! (distinct requests of 512 spans, 600). Figures are in BENCHMARKS.md.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::Event;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use waybill_collector::ExportTraceServiceRequest;
+use waybill_store::engine::{Engine, EngineQuery};
+use waybill_store::{SchemaTarget, Store};
+
+const SPANS_PER_REQUEST: usize = 512;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn text(key: &str, value: impl Into<String>) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }), ..Default::default() }
+}
+
+/// Request `batch`: 512 spans of an order-to-invoice flow across four
+/// services, business keys and an event on each, ids unique per span.
+fn request(batch: u64, now_ns: u64) -> ExportTraceServiceRequest {
+    let services = ["b2b-portal", "sap-erp", "warehouse", "billing"];
+    let names = ["POST /orders", "erp.sales_order.post", "wms.shipment.dispatch", "invoice.post"];
+    let resource_spans = (0..4)
+        .map(|service| {
+            let spans = (0..SPANS_PER_REQUEST / 4)
+                .map(|i| {
+                    let n = batch * SPANS_PER_REQUEST as u64 + (i * 4 + service) as u64;
+                    let start = now_ns + n * 1_000;
+                    Span {
+                        trace_id: (u128::from(n / 4) + 1).to_be_bytes().to_vec(),
+                        span_id: (n + 1).to_be_bytes().to_vec(),
+                        parent_span_id: if service == 0 { vec![] } else { n.to_be_bytes().to_vec() },
+                        name: names[service].into(),
+                        kind: 2,
+                        start_time_unix_nano: start,
+                        end_time_unix_nano: start + 1_500_000,
+                        attributes: vec![
+                            text("biz.key.order", format!("PO-{}", n / 4)),
+                            text("biz.key.sales_order", format!("SO-{}", n / 4)),
+                            text("biz.milestone", "order.accepted"),
+                            text("http.request.method", "POST"),
+                        ],
+                        events: vec![Event {
+                            time_unix_nano: start + 500,
+                            name: "credit.checked".into(),
+                            attributes: vec![text("biz.outcome", "ok")],
+                            ..Default::default()
+                        }],
+                        status: Some(Status { code: 1, message: String::new() }),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        text("service.name", services[service]),
+                        text("deployment.environment", "production"),
+                        text("host.name", format!("node-{}", service % 3)),
+                    ],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope { name: "waybill.loadgen".into(), version: "1.0.0".into(), ..Default::default() }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest { resource_spans }
+}
+
+/// Raw engine insert rate of `rows`: the engine's own RowBinary of them,
+/// loaded with INSERT ... FROM INFILE in batches of 20,000.
+async fn raw_engine_rate(dir: &std::path::Path, rows: &[waybill_store::SpanRow]) -> f64 {
+    let library = std::env::var_os("WAYBILL_STORE__EMBEDDED__LIBRARY")
+        .map(Into::into)
+        .unwrap_or_else(waybill_store::engine::default_library_path);
+    let engine = Engine::open(&library, dir).expect("open the embedded engine (run scripts/fetch-engine.sh)");
+    let store = Store::embedded(engine.clone(), SchemaTarget { database: "raw".into(), cluster: None, retention_days: 30 });
+    store.migrate().await.unwrap();
+    store.insert(waybill_store::schema::OTEL_TRACES.name, rows).await.unwrap();
+    let columns = "Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, \
+        ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, \
+        `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, \
+        `Links.TraceState`, `Links.Attributes`";
+    let query = |sql: String| engine.query(EngineQuery { sql: &sql, format: "RowBinary", database: None, params: &[] }).unwrap();
+    let total = rows.len();
+    let chunks = total.div_ceil(20_000);
+    let mut files = Vec::new();
+    for i in 0..chunks {
+        let data = query(format!("SELECT {columns} FROM raw.otel_traces ORDER BY SpanId LIMIT 20000 OFFSET {}", i * 20_000)).data;
+        let path = std::fs::canonicalize(dir).unwrap().join(format!("raw-{i}.rowbinary"));
+        std::fs::write(&path, data).unwrap();
+        files.push(path);
+    }
+    query("TRUNCATE TABLE raw.otel_traces".into());
+    let start = Instant::now();
+    for path in &files {
+        query(format!("INSERT INTO raw.otel_traces ({columns}) FROM INFILE '{}' FORMAT RowBinary", path.display()));
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    store.close().await;
+    rate
+}
+
+/// Resident memory of `pid` in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Totals of one load phase.
+#[derive(Default)]
+struct Totals {
+    acked_spans: AtomicU64,
+    busy: AtomicU64,
+    other: AtomicU64,
+}
+
+/// Sends `bodies` over `connections` keep-alive connections until they run
+/// out or `seconds` pass. On 429 a connection waits `busy_wait` and resends.
+async fn load(addr: SocketAddr, bodies: Arc<Vec<Vec<u8>>>, connections: usize, seconds: u64, busy_wait: Duration) -> (Arc<Totals>, Duration) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let totals = Arc::new(Totals::default());
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (bodies, next, totals) = (bodies.clone(), next.clone(), totals.clone());
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let mut stream = BufReader::new(stream);
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if index >= bodies.len() || Instant::now() > deadline {
+                        return;
+                    }
+                    loop {
+                        let body = &bodies[index];
+                        let head = format!(
+                            "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        stream.get_mut().write_all(head.as_bytes()).await.unwrap();
+                        stream.get_mut().write_all(body).await.unwrap();
+                        let mut status_line = String::new();
+                        stream.read_line(&mut status_line).await.unwrap();
+                        let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                        let mut length = 0usize;
+                        loop {
+                            let mut line = String::new();
+                            stream.read_line(&mut line).await.unwrap();
+                            if line == "\r\n" || line.is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = line.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut answer = vec![0u8; length];
+                        stream.read_exact(&mut answer).await.unwrap();
+                        match status {
+                            200 => {
+                                totals.acked_spans.fetch_add(SPANS_PER_REQUEST as u64, Ordering::Relaxed);
+                                break;
+                            }
+                            429 => {
+                                totals.busy.fetch_add(1, Ordering::Relaxed);
+                                if Instant::now() > deadline {
+                                    return;
+                                }
+                                tokio::time::sleep(busy_wait).await;
+                            }
+                            _ => {
+                                totals.other.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (totals, start.elapsed())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let seconds = env_or("BENCH_SECONDS", 20) as u64;
+    let connections = env_or("BENCH_CONNECTIONS", 4);
+    let overload_connections = env_or("BENCH_OVERLOAD_CONNECTIONS", 32);
+    let batches = env_or("BENCH_BATCHES", 600);
+    let root = std::path::PathBuf::from("target/bench-otlp");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("raw")).unwrap();
+    std::fs::create_dir_all(root.join("service")).unwrap();
+
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    print!("encoding {batches} requests of {SPANS_PER_REQUEST} spans ... ");
+    std::io::stdout().flush().unwrap();
+    let requests: Vec<ExportTraceServiceRequest> = (0..batches as u64).map(|b| request(b, now_ns)).collect();
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(requests.iter().map(|r| r.encode_to_vec()).collect());
+    println!("{:.0} MB", bodies.iter().map(Vec::len).sum::<usize>() as f64 / 1e6);
+
+    let rows: Vec<_> = requests.iter().flat_map(waybill::pipeline::span_rows).collect();
+    drop(requests);
+    let raw = raw_engine_rate(&root.join("raw"), &rows).await;
+    drop(rows);
+    println!("raw engine insert rate of the same rows: {raw:.0} spans/s");
+
+    let port = |()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (http, otlp, grpc) = (port(()), port(()), port(()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_waybill"))
+        .arg("serve")
+        .current_dir(root.join("service"))
+        .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+        .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
+        .env("WAYBILL_OTLP__GRPC_LISTEN", format!("127.0.0.1:{grpc}"))
+        .env("WAYBILL_LOG__LEVEL", "error")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let ready = Instant::now();
+    loop {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", http)).is_ok_and(|mut s| {
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_ok() && {
+                let mut answer = String::new();
+                std::io::Read::read_to_string(&mut s, &mut answer).is_ok() && answer.starts_with("HTTP/1.1 200")
+            }
+        });
+        if ok {
+            break;
+        }
+        assert!(ready.elapsed() < Duration::from_secs(60), "waybill did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = tokio::spawn({
+        let peak = peak.clone();
+        async move {
+            loop {
+                peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let addr = SocketAddr::from(([127, 0, 0, 1], otlp));
+    let half = bodies.len() / 2;
+    let sustained = Arc::new(bodies[..half].to_vec());
+    let overload = Arc::new(bodies[half..].to_vec());
+    drop(bodies);
+
+    let (totals, elapsed) = load(addr, sustained, connections, seconds, Duration::from_millis(20)).await;
+    let rate = totals.acked_spans.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
+    println!(
+        "sustained, {connections} connections: {} spans acknowledged in {:.1} s = {rate:.0} spans/s, ratio to raw {:.2}; 429: {}, other errors: {}; peak RSS {:.0} MB",
+        totals.acked_spans.load(Ordering::Relaxed),
+        elapsed.as_secs_f64(),
+        rate / raw,
+        totals.busy.load(Ordering::Relaxed),
+        totals.other.load(Ordering::Relaxed),
+        peak.load(Ordering::Relaxed) as f64 / 1e6
+    );
+
+    peak.store(0, Ordering::Relaxed);
+    let (totals, elapsed) = load(addr, overload, overload_connections, seconds, Duration::from_millis(1)).await;
+    println!(
+        "overload, {overload_connections} connections resending at once on 429: {:.0} spans/s acknowledged; 429 answers: {}; other errors: {}; peak RSS {:.0} MB",
+        totals.acked_spans.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+        totals.busy.load(Ordering::Relaxed),
+        totals.other.load(Ordering::Relaxed),
+        peak.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    sampler.abort();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "waybill exited with {status}");
+}
