@@ -4,8 +4,8 @@
 //! the service's resident memory (engine included) under overload.
 //!
 //! Run: `cargo bench --bench otlp_load`. Environment: BENCH_SECONDS (20),
-//! BENCH_CONNECTIONS (4), BENCH_OVERLOAD_CONNECTIONS (32), BENCH_BATCHES
-//! (distinct requests of 512 spans, 600). Figures are in BENCHMARKS.md.
+//! BENCH_CONNECTIONS (32), BENCH_OVERLOAD_CONNECTIONS (400), BENCH_BATCHES
+//! (distinct requests of 512 spans, 1200). Figures are in BENCHMARKS.md.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -142,6 +142,37 @@ struct Totals {
     other: AtomicU64,
 }
 
+/// One request and its answer on a keep-alive connection; the status.
+async fn exchange(stream: &mut BufReader<tokio::net::TcpStream>, addr: SocketAddr, body: &[u8]) -> std::io::Result<u16> {
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.get_mut().write_all(head.as_bytes()).await?;
+    stream.get_mut().write_all(body).await?;
+    let mut status_line = String::new();
+    stream.read_line(&mut status_line).await?;
+    let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if stream.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut answer = vec![0u8; length];
+    stream.read_exact(&mut answer).await?;
+    Ok(status)
+}
+
 /// Sends `bodies` over `connections` keep-alive connections until they run
 /// out or `seconds` pass. On 429 a connection waits `busy_wait` and resends.
 async fn load(addr: SocketAddr, bodies: Arc<Vec<Vec<u8>>>, connections: usize, seconds: u64, busy_wait: Duration) -> (Arc<Totals>, Duration) {
@@ -153,54 +184,47 @@ async fn load(addr: SocketAddr, bodies: Arc<Vec<Vec<u8>>>, connections: usize, s
         .map(|_| {
             let (bodies, next, totals) = (bodies.clone(), next.clone(), totals.clone());
             tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-                let mut stream = BufReader::new(stream);
+                let mut stream = None;
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     if index >= bodies.len() || Instant::now() > deadline {
                         return;
                     }
                     loop {
-                        let body = &bodies[index];
-                        let head = format!(
-                            "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        stream.get_mut().write_all(head.as_bytes()).await.unwrap();
-                        stream.get_mut().write_all(body).await.unwrap();
-                        let mut status_line = String::new();
-                        stream.read_line(&mut status_line).await.unwrap();
-                        let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-                        let mut length = 0usize;
-                        loop {
-                            let mut line = String::new();
-                            stream.read_line(&mut line).await.unwrap();
-                            if line == "\r\n" || line.is_empty() {
-                                break;
-                            }
-                            if let Some((name, value)) = line.split_once(':') {
-                                if name.eq_ignore_ascii_case("content-length") {
-                                    length = value.trim().parse().unwrap_or(0);
+                        if stream.is_none() {
+                            match tokio::net::TcpStream::connect(addr).await {
+                                Ok(connected) => stream = Some(BufReader::new(connected)),
+                                Err(_) => {
+                                    totals.other.fetch_add(1, Ordering::Relaxed);
+                                    tokio::time::sleep(busy_wait).await;
+                                    continue;
                                 }
                             }
                         }
-                        let mut answer = vec![0u8; length];
-                        stream.read_exact(&mut answer).await.unwrap();
-                        match status {
-                            200 => {
+                        let connection = stream.as_mut().expect("connected above");
+                        match exchange(connection, addr, &bodies[index]).await {
+                            Ok(200) => {
                                 totals.acked_spans.fetch_add(SPANS_PER_REQUEST as u64, Ordering::Relaxed);
                                 break;
                             }
-                            429 => {
+                            Ok(429) => {
                                 totals.busy.fetch_add(1, Ordering::Relaxed);
                                 if Instant::now() > deadline {
                                     return;
                                 }
                                 tokio::time::sleep(busy_wait).await;
                             }
-                            _ => {
+                            Ok(_) => {
                                 totals.other.fetch_add(1, Ordering::Relaxed);
                                 break;
+                            }
+                            Err(_) => {
+                                // The connection broke: count it and resend on a new one.
+                                totals.other.fetch_add(1, Ordering::Relaxed);
+                                stream = None;
+                                if Instant::now() > deadline {
+                                    return;
+                                }
                             }
                         }
                     }
@@ -214,12 +238,22 @@ async fn load(addr: SocketAddr, bodies: Arc<Vec<Vec<u8>>>, connections: usize, s
     (totals, start.elapsed())
 }
 
+/// Kills the service if the benchmark stops early, so no server is left behind.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child process; harmless once it has exited.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let seconds = env_or("BENCH_SECONDS", 20) as u64;
-    let connections = env_or("BENCH_CONNECTIONS", 4);
-    let overload_connections = env_or("BENCH_OVERLOAD_CONNECTIONS", 32);
-    let batches = env_or("BENCH_BATCHES", 600);
+    let connections = env_or("BENCH_CONNECTIONS", 32);
+    let overload_connections = env_or("BENCH_OVERLOAD_CONNECTIONS", 400);
+    let batches = env_or("BENCH_BATCHES", 1200);
     let root = std::path::PathBuf::from("target/bench-otlp");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("raw")).unwrap();
@@ -250,6 +284,7 @@ async fn main() {
         .spawn()
         .unwrap();
     let pid = child.id();
+    let _stop_on_panic = KillOnDrop(pid);
     let ready = Instant::now();
     loop {
         let ok = std::net::TcpStream::connect(("127.0.0.1", http)).is_ok_and(|mut s| {
