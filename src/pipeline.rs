@@ -104,6 +104,9 @@ const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// One request's rows, waiting for its batch.
 struct Submission {
+    /// Identity of the request, remembered by the writer once stored, even
+    /// when the client stopped waiting.
+    digest: u128,
     spans: Vec<SpanRow>,
     logs: Vec<LogRow>,
     ack: oneshot::Sender<Result<(), SinkError>>,
@@ -111,12 +114,21 @@ struct Submission {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Submission {
+    fn rows(&self) -> usize {
+        self.spans.len() + self.logs.len()
+    }
+}
+
+/// How long a request waits for room in the queue before getting Busy.
+const QUEUE_WAIT: Duration = Duration::from_millis(500);
+
 /// The collector's sink: converts, queues, and waits for the batch.
 pub struct Pipeline {
     queue: mpsc::UnboundedSender<Submission>,
     budget: Arc<Semaphore>,
     max_queued_rows: usize,
-    acknowledged: Mutex<RecentDigests>,
+    stored: Arc<Mutex<RecentDigests>>,
 }
 
 impl Pipeline {
@@ -125,38 +137,36 @@ impl Pipeline {
     pub fn start(store: Store, config: PipelineConfig) -> (Arc<Pipeline>, tokio::task::JoinHandle<()>) {
         // The channel itself is unbounded; the row budget bounds it.
         let (queue, receiver) = mpsc::unbounded_channel();
+        let max_queued_rows = config.max_queued_rows.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let stored = Arc::new(Mutex::new(RecentDigests::new(config.remembered_requests)));
         let pipeline = Arc::new(Pipeline {
             queue,
-            budget: Arc::new(Semaphore::new(config.max_queued_rows)),
-            max_queued_rows: config.max_queued_rows,
-            acknowledged: Mutex::new(RecentDigests::new(config.remembered_requests)),
+            budget: Arc::new(Semaphore::new(max_queued_rows)),
+            max_queued_rows,
+            stored: stored.clone(),
         });
-        let writer = tokio::spawn(write_batches(store, receiver, config));
+        let writer = tokio::spawn(write_batches(store, receiver, config, stored));
         (pipeline, writer)
     }
 
     async fn submit(&self, digest: u128, spans: Vec<SpanRow>, logs: Vec<LogRow>) -> Result<(), SinkError> {
         let rows = spans.len() + logs.len();
-        if rows == 0 || self.acknowledged.lock().expect("digest lock").contains(digest) {
+        if rows == 0 || self.stored.lock().expect("digest lock").contains(digest) {
             return Ok(());
         }
-        // A request larger than the whole budget waits for an empty queue.
-        let wanted = rows.min(self.max_queued_rows) as u32;
-        let permit = self
-            .budget
-            .clone()
-            .try_acquire_many_owned(wanted)
-            .map_err(|_| SinkError::Busy { retry_after: BUSY_RETRY_AFTER })?;
-        let (ack, acked) = oneshot::channel();
-        self.queue
-            .send(Submission { spans, logs, ack, _permit: Some(permit) })
+        // Wait briefly for room, so a large request is not refused forever
+        // under steady load; a request larger than the whole budget takes all of it.
+        let wanted = u32::try_from(rows.min(self.max_queued_rows)).unwrap_or(u32::MAX);
+        let permit = tokio::time::timeout(QUEUE_WAIT, self.budget.clone().acquire_many_owned(wanted))
+            .await
+            .map_err(|_| SinkError::Busy { retry_after: BUSY_RETRY_AFTER })?
             .map_err(|_| unavailable("the writer has stopped"))?;
+        let (ack, acked) = oneshot::channel();
         metrics::QUEUED_RECORDS.add(rows as i64);
-        let stored = acked.await;
-        metrics::QUEUED_RECORDS.sub(rows as i64);
-        stored.map_err(|_| unavailable("the writer has stopped"))??;
-        self.acknowledged.lock().expect("digest lock").insert(digest);
-        Ok(())
+        self.queue
+            .send(Submission { digest, spans, logs, ack, _permit: Some(permit) })
+            .map_err(|_| unavailable("the writer has stopped"))?;
+        acked.await.map_err(|_| unavailable("the writer has stopped"))?
     }
 }
 
@@ -216,7 +226,12 @@ impl RecentDigests {
 }
 
 /// The writer: gathers submissions into batches and writes each batch.
-async fn write_batches(store: Store, mut queue: mpsc::UnboundedReceiver<Submission>, config: PipelineConfig) {
+async fn write_batches(
+    store: Store,
+    mut queue: mpsc::UnboundedReceiver<Submission>,
+    config: PipelineConfig,
+    stored: Arc<Mutex<RecentDigests>>,
+) {
     static BATCH: AtomicU64 = AtomicU64::new(0);
     // Tokens must not repeat across restarts within the dedup window.
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -225,7 +240,7 @@ async fn write_batches(store: Store, mut queue: mpsc::UnboundedReceiver<Submissi
         // a batch is being written the next one gathers, so batches grow with
         // load and a lone exporter is not held back by a timer.
         let deadline = Instant::now() + config.flush_interval;
-        let mut rows = first.spans.len() + first.logs.len();
+        let mut rows = first.rows();
         let mut batch = vec![first];
         while rows < config.max_batch_rows {
             let next = match queue.try_recv() {
@@ -237,15 +252,49 @@ async fn write_batches(store: Store, mut queue: mpsc::UnboundedReceiver<Submissi
                     Ok(None) | Err(_) => break,
                 },
             };
-            rows += next.spans.len() + next.logs.len();
+            rows += next.rows();
             batch.push(next);
         }
         let token = format!("waybill-{run:x}-{}", BATCH.fetch_add(1, Ordering::Relaxed));
         metrics::BATCH_RECORDS.observe(rows as f64);
-        let result = write_batch(&store, &mut batch, &token, config.retry_for).await;
-        for submission in batch {
-            let _ = submission.ack.send(result.clone());
+        // A submission is one request, so one signal: logs, or else spans.
+        let carries_logs: Vec<bool> = batch.iter().map(|s| !s.logs.is_empty()).collect();
+        let spans: Vec<SpanRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.spans)).collect();
+        let logs: Vec<LogRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.logs)).collect();
+        // Each table on its own: a trace client's answer depends only on its spans.
+        let spans_result = write_table(&store, "otel_traces", &spans, &format!("{token}-spans"), config.retry_for).await;
+        let logs_result = write_table(&store, "otel_logs", &logs, &format!("{token}-logs"), config.retry_for).await;
+        metrics::QUEUED_RECORDS.sub(rows as i64);
+        let mut stored = stored.lock().expect("digest lock");
+        for (submission, carries_logs) in batch.into_iter().zip(carries_logs) {
+            let result = if carries_logs { logs_result.clone() } else { spans_result.clone() };
+            if result.is_ok() {
+                stored.insert(submission.digest);
+            }
+            let _ = submission.ack.send(result);
         }
+    }
+}
+
+/// Writes `rows` to `table`, retrying with the same token until `retry_for` passes.
+async fn write_table<T>(store: &Store, table: &'static str, rows: &[T], token: &str, retry_for: Duration) -> Result<(), SinkError>
+where
+    T: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let give_up = Instant::now() + retry_for;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if timed_insert(store, table, rows, token).await {
+            return Ok(());
+        }
+        if Instant::now() + delay > give_up {
+            return Err(unavailable(format!("the store did not take the {table} batch")));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -269,32 +318,6 @@ where
     }
 }
 
-/// Writes one batch, retrying with the same tokens until `retry_for` passes.
-async fn write_batch(store: &Store, batch: &mut [Submission], token: &str, retry_for: Duration) -> Result<(), SinkError> {
-    let spans: Vec<SpanRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.spans)).collect();
-    let logs: Vec<LogRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.logs)).collect();
-    let give_up = Instant::now() + retry_for;
-    let mut delay = Duration::from_millis(100);
-    let mut spans_written = spans.is_empty();
-    let mut logs_written = logs.is_empty();
-    loop {
-        if !spans_written {
-            spans_written = timed_insert(store, "otel_traces", &spans, &format!("{token}-spans")).await;
-        }
-        if spans_written && !logs_written {
-            logs_written = timed_insert(store, "otel_logs", &logs, &format!("{token}-logs")).await;
-        }
-        if spans_written && logs_written {
-            return Ok(());
-        }
-        if Instant::now() + delay > give_up {
-            return Err(unavailable("the store did not take the batch"));
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-}
-
 /// Lowercase hex of an id; empty when the id is empty or all zero bytes.
 fn hex_id(bytes: &[u8]) -> String {
     if bytes.iter().all(|&b| b == 0) {
@@ -311,15 +334,18 @@ fn span_kind(kind: i32) -> &'static str {
         3 => "Client",
         4 => "Producer",
         5 => "Consumer",
-        _ => "Unspecified",
+        0 => "Unspecified",
+        // The exporter writes an empty string for kinds it does not know.
+        _ => "",
     }
 }
 
 fn status_code(code: i32) -> &'static str {
     match code {
+        0 => "Unset",
         1 => "Ok",
         2 => "Error",
-        _ => "Unset",
+        _ => "",
     }
 }
 
@@ -477,7 +503,8 @@ pub fn log_rows(request: &ExportLogsServiceRequest) -> Vec<LogRow> {
                     span_id: hex_id(&record.span_id),
                     trace_flags: (record.flags & 0xff) as u8,
                     severity_text: record.severity_text.clone(),
-                    severity_number: u8::try_from(record.severity_number).unwrap_or(0),
+                    // The exporter converts with Go's uint8(), which wraps.
+                    severity_number: record.severity_number as u8,
                     service_name: service.clone(),
                     body: value_string(record.body.as_ref()),
                     resource_schema_url: resource_logs.schema_url.clone(),

@@ -89,8 +89,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down: finishing requests");
     let _ = shutdown_tx.send(true);
+    // Wait for every server, even if one failed, so nothing is cut short.
+    let mut first_error = None;
     for server in servers {
-        server.await.context("web server task failed")??;
+        let result = server.await.context("web server task failed").and_then(|served| served);
+        if let Err(err) = result {
+            tracing::error!(error = %format!("{err:#}"), "server stopped with an error");
+            first_error.get_or_insert(err);
+        }
     }
     // The receivers are gone; the writer stores what is queued, then ends.
     drop(sink);
@@ -98,7 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     migration.abort();
     store.close().await;
     tracing::info!("stopped");
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 async fn serve_until(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {

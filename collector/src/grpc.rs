@@ -1,8 +1,9 @@
 //! OTLP/gRPC receiver, per the OTLP specification ("OTLP/gRPC"):
 //! `TraceService/Export` and `LogsService/Export`, gzip accepted. Other
 //! services, metrics among them, answer UNIMPLEMENTED. A busy pipeline
-//! answers RESOURCE_EXHAUSTED and an unavailable store UNAVAILABLE, both of
-//! which exporters retry.
+//! answers RESOURCE_EXHAUSTED and an unavailable store UNAVAILABLE, both with
+//! a `google.rpc.RetryInfo`: the specification makes RESOURCE_EXHAUSTED
+//! retryable only when RetryInfo says so, and exporters drop data otherwise.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,10 +25,12 @@ struct Receiver<S> {
 }
 
 fn status_from(err: SinkError) -> Status {
-    match err {
-        SinkError::Busy { .. } => Status::resource_exhausted(err.to_string()),
-        SinkError::Unavailable { .. } => Status::unavailable(err.to_string()),
-    }
+    use tonic_types::{ErrorDetails, StatusExt};
+    let (code, retry_after) = match &err {
+        SinkError::Busy { retry_after } => (tonic::Code::ResourceExhausted, *retry_after),
+        SinkError::Unavailable { retry_after, .. } => (tonic::Code::Unavailable, *retry_after),
+    };
+    Status::with_error_details(code, err.to_string(), ErrorDetails::with_retry_info(Some(retry_after)))
 }
 
 /// Counts the sink's answer for `records` records and maps it to a status.
@@ -84,7 +87,7 @@ impl<S: Sink> LogsService for Receiver<S> {
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then finishes
 /// the requests in flight. `max_message_bytes` bounds a decoded (and
-/// decompressed) request; larger ones get RESOURCE_EXHAUSTED.
+/// decompressed) request; tonic refuses larger ones with OUT_OF_RANGE.
 pub async fn serve<S: Sink>(
     listener: TcpListener,
     sink: Arc<S>,
@@ -102,4 +105,23 @@ pub async fn serve<S: Sink>(
         .add_service(logs)
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    #[test]
+    fn refusals_carry_retry_info_so_exporters_retry() {
+        let busy = status_from(SinkError::Busy { retry_after: Duration::from_secs(1) });
+        assert_eq!(busy.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(busy.get_details_retry_info().and_then(|r| r.retry_delay), Some(Duration::from_secs(1)));
+        let down = status_from(SinkError::Unavailable { reason: "store".into(), retry_after: Duration::from_secs(5) });
+        assert_eq!(down.code(), tonic::Code::Unavailable);
+        assert_eq!(down.get_details_retry_info().and_then(|r| r.retry_delay), Some(Duration::from_secs(5)));
+    }
 }

@@ -186,19 +186,33 @@ fn decoded_body(headers: &HeaderMap, body: Bytes, limits: HttpLimits, encoding: 
     }
 }
 
-/// Decodes a request body off the async executor (protobuf and JSON
-/// decoding of large batches is CPU-heavy).
-async fn decode<T>(body: Bytes, encoding: Encoding, what: &'static str) -> Result<T, Refusal>
+/// Decompresses and decodes a request body off the async executor (gzip
+/// and protobuf or JSON decoding of large batches are CPU-heavy).
+async fn decode<T>(
+    headers: &HeaderMap,
+    body: Bytes,
+    limits: HttpLimits,
+    encoding: Encoding,
+    what: &'static str,
+) -> Result<T, Refusal>
 where
     T: Message + Default + serde::de::DeserializeOwned + Send + 'static,
 {
-    tokio::task::spawn_blocking(move || match encoding {
-        Encoding::Protobuf => T::decode(body).map_err(|e| format!("{what} protobuf does not decode: {e}")),
-        Encoding::Json => serde_json::from_slice(&body).map_err(|e| format!("{what} JSON does not decode: {e}")),
+    let content_encoding = headers.get(header::CONTENT_ENCODING).cloned();
+    tokio::task::spawn_blocking(move || {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = content_encoding {
+            headers.insert(header::CONTENT_ENCODING, value);
+        }
+        let body = decoded_body(&headers, body, limits, encoding)?;
+        match encoding {
+            Encoding::Protobuf => T::decode(body).map_err(|e| format!("{what} protobuf does not decode: {e}")),
+            Encoding::Json => serde_json::from_slice(&body).map_err(|e| format!("{what} JSON does not decode: {e}")),
+        }
+        .map_err(|message| Refusal::new(StatusCode::BAD_REQUEST, encoding, message))
     })
     .await
     .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, encoding, format!("decoding task failed: {e}")))?
-    .map_err(|message| Refusal::new(StatusCode::BAD_REQUEST, encoding, message))
 }
 
 fn success<T: Message + serde::Serialize>(response: T, encoding: Encoding) -> Response {
@@ -213,8 +227,7 @@ async fn traces<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: Head
     let mut records = 0;
     let result = async {
         let encoding = request_encoding(&headers)?;
-        let body = decoded_body(&headers, body, receiver.limits, encoding)?;
-        let mut request: ExportTraceServiceRequest = decode(body, encoding, "trace export").await?;
+        let mut request: ExportTraceServiceRequest = decode(&headers, body, receiver.limits, encoding, "trace export").await?;
         let rejected = validate::retain_valid_spans(&mut request);
         metrics::invalid("traces", "http", rejected.count);
         records = metrics::span_count(&request);
@@ -232,8 +245,7 @@ async fn logs<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: Header
     let mut records = 0;
     let result = async {
         let encoding = request_encoding(&headers)?;
-        let body = decoded_body(&headers, body, receiver.limits, encoding)?;
-        let mut request: ExportLogsServiceRequest = decode(body, encoding, "log export").await?;
+        let mut request: ExportLogsServiceRequest = decode(&headers, body, receiver.limits, encoding, "log export").await?;
         let rejected = validate::retain_valid_logs(&mut request);
         metrics::invalid("logs", "http", rejected.count);
         records = metrics::log_count(&request);
