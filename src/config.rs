@@ -49,8 +49,13 @@ pub struct OtlpConfig {
     /// Largest request body as sent, compressed or not (larger: 413).
     pub max_body_bytes: usize,
     /// Largest body after gzip decompression (larger: 413), and the largest
-    /// gRPC message (larger: RESOURCE_EXHAUSTED).
+    /// gRPC message (larger: OUT_OF_RANGE).
     pub max_decompressed_bytes: usize,
+    /// Attributes kept per record, resource, scope, event or link; the rest
+    /// are dropped and counted in waybill_collector_truncated_attributes_total.
+    pub max_attributes_per_record: usize,
+    /// Longest attribute string value in bytes; longer ones are cut (counted).
+    pub max_attribute_value_bytes: usize,
 }
 
 impl Default for OtlpConfig {
@@ -60,6 +65,8 @@ impl Default for OtlpConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 4318)),
             max_body_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
+            max_attributes_per_record: 128,
+            max_attribute_value_bytes: 8192,
         }
     }
 }
@@ -90,6 +97,15 @@ impl Default for PipelineSettings {
             flush_interval_ms: defaults.flush_interval.as_millis() as u64,
             max_queued_rows: defaults.max_queued_rows,
             retry_seconds: defaults.retry_for.as_secs(),
+        }
+    }
+}
+
+impl OtlpConfig {
+    pub fn attribute_limits(&self) -> waybill_collector::validate::AttributeLimits {
+        waybill_collector::validate::AttributeLimits {
+            max_attributes: self.max_attributes_per_record,
+            max_value_bytes: self.max_attribute_value_bytes,
         }
     }
 }
@@ -231,6 +247,11 @@ impl Config {
         if self.otlp.max_body_bytes == 0 || self.otlp.max_decompressed_bytes < self.otlp.max_body_bytes {
             return Err(ConfigError::Invalid(
                 "otlp.max_body_bytes must be positive and otlp.max_decompressed_bytes at least as large".into(),
+            ));
+        }
+        if self.otlp.max_attributes_per_record == 0 || self.otlp.max_attribute_value_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "otlp.max_attributes_per_record and otlp.max_attribute_value_bytes must be positive".into(),
             ));
         }
         let p = &self.pipeline;

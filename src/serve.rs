@@ -52,6 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let limits = HttpLimits {
         max_body_bytes: config.otlp.max_body_bytes,
         max_decompressed_bytes: config.otlp.max_decompressed_bytes,
+        attributes: config.otlp.attribute_limits(),
     };
     let (sink, writer) = Pipeline::start(store.clone(), config.pipeline.settings());
     let otlp = waybill_collector::http::router(sink.clone(), limits);
@@ -72,7 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let shutdown = async move {
             let _ = grpc_shutdown.wait_for(|stop| *stop).await;
         };
-        waybill_collector::grpc::serve(listener, grpc_sink, max_message_bytes, shutdown).await.context("OTLP/gRPC receiver failed")
+        waybill_collector::grpc::serve(listener, grpc_sink, max_message_bytes, limits.attributes, shutdown).await.context("OTLP/gRPC receiver failed")
     }));
 
     if config.sql_endpoint.enabled {

@@ -24,9 +24,15 @@ struct Service {
 }
 
 async fn start(name: &str) -> Service {
+    start_with(name, &[]).await
+}
+
+/// A running service with extra `WAYBILL_*` settings.
+async fn start_with(name: &str, settings: &[(&str, &str)]) -> Service {
     let dir = work_dir(name);
     let (http, otlp, grpc, sql) = (free_port(), free_port(), free_port(), free_port());
     let child = waybill(&dir)
+        .envs(settings.iter().copied())
         .arg("serve")
         .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
         .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
@@ -421,4 +427,26 @@ async fn an_unreachable_store_loses_nothing_and_stores_resends_once() {
         .await
         .unwrap();
     assert_eq!(orders, [("PO-OUTAGE".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn attribute_limits_drop_and_shorten_and_are_counted() {
+    let service = start_with(
+        "otlp-limits",
+        &[("WAYBILL_OTLP__MAX_ATTRIBUTES_PER_RECORD", "2"), ("WAYBILL_OTLP__MAX_ATTRIBUTE_VALUE_BYTES", "6")],
+    )
+    .await;
+    let body = json_span("PO-LIMITS-1234", "00000000000000c1").replace(
+        r#"{"key":"http.status_code","value":{"intValue":"201"}}"#,
+        r#"{"key":"http.status_code","value":{"intValue":"201"}},{"key":"extra","value":{"stringValue":"x"}}"#,
+    );
+    let response = service.post("/v1/traces", &[("Content-Type", "application/json")], body.as_bytes()).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let stored: Vec<String> =
+        service.sql_client().query("SELECT toJSONString(SpanAttributes) FROM otel_traces").fetch_all().await.unwrap();
+    assert_eq!(stored, [r#"{"biz.key.order":"PO-LIM","http.status_code":"201"}"#]);
+    let metrics = common::http(SocketAddr::from(([127, 0, 0, 1], service.http)), "GET", "/metrics", &[], b"").await.text();
+    let count = |kind| metric(&metrics, "waybill_collector_truncated_attributes_total", &[("signal", "traces"), ("protocol", "http"), ("kind", kind)]);
+    // Shortened: the order key, and the resource's service.name "b2b-portal".
+    assert_eq!((count("dropped"), count("shortened")), (Some(1.0), Some(2.0)));
 }

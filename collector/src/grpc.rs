@@ -16,12 +16,14 @@ use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use crate::{metrics, validate};
+use crate::validate::{self, AttributeLimits};
+use crate::metrics;
 use crate::sink::{Sink, SinkError};
 use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
 
 struct Receiver<S> {
     sink: Arc<S>,
+    limits: AttributeLimits,
 }
 
 fn status_from(err: SinkError) -> Status {
@@ -56,6 +58,7 @@ impl<S: Sink> TraceService for Receiver<S> {
         let mut request = request.into_inner();
         let rejected = validate::retain_valid_spans(&mut request);
         metrics::invalid("traces", "grpc", rejected.count);
+        metrics::truncated("traces", "grpc", &self.limits.apply_to_spans(&mut request));
         let records = metrics::span_count(&request);
         accepted("traces", records, self.sink.accept_traces(request).await)?;
         let partial_success = (rejected.count > 0).then(|| ExportTracePartialSuccess {
@@ -75,6 +78,7 @@ impl<S: Sink> LogsService for Receiver<S> {
         let mut request = request.into_inner();
         let rejected = validate::retain_valid_logs(&mut request);
         metrics::invalid("logs", "grpc", rejected.count);
+        metrics::truncated("logs", "grpc", &self.limits.apply_to_logs(&mut request));
         let records = metrics::log_count(&request);
         accepted("logs", records, self.sink.accept_logs(request).await)?;
         let partial_success = (rejected.count > 0).then(|| ExportLogsPartialSuccess {
@@ -92,12 +96,13 @@ pub async fn serve<S: Sink>(
     listener: TcpListener,
     sink: Arc<S>,
     max_message_bytes: usize,
+    limits: AttributeLimits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let traces = TraceServiceServer::new(Receiver { sink: sink.clone() })
+    let traces = TraceServiceServer::new(Receiver { sink: sink.clone(), limits })
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes);
-    let logs = LogsServiceServer::new(Receiver { sink })
+    let logs = LogsServiceServer::new(Receiver { sink, limits })
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes);
     tonic::transport::Server::builder()

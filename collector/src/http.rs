@@ -33,11 +33,13 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
     /// Largest body after decompression.
     pub max_decompressed_bytes: usize,
+    /// Attribute count and length limits.
+    pub attributes: validate::AttributeLimits,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        HttpLimits { max_body_bytes: 16 << 20, max_decompressed_bytes: 64 << 20 }
+        HttpLimits { max_body_bytes: 16 << 20, max_decompressed_bytes: 64 << 20, attributes: Default::default() }
     }
 }
 
@@ -230,6 +232,7 @@ async fn traces<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: Head
         let mut request: ExportTraceServiceRequest = decode(&headers, body, receiver.limits, encoding, "trace export").await?;
         let rejected = validate::retain_valid_spans(&mut request);
         metrics::invalid("traces", "http", rejected.count);
+        metrics::truncated("traces", "http", &receiver.limits.attributes.apply_to_spans(&mut request));
         records = metrics::span_count(&request);
         receiver.sink.accept_traces(request).await.map_err(|e| refusal_from_sink(e, encoding))?;
         let partial_success = (rejected.count > 0).then(|| ExportTracePartialSuccess {
@@ -248,6 +251,7 @@ async fn logs<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: Header
         let mut request: ExportLogsServiceRequest = decode(&headers, body, receiver.limits, encoding, "log export").await?;
         let rejected = validate::retain_valid_logs(&mut request);
         metrics::invalid("logs", "http", rejected.count);
+        metrics::truncated("logs", "http", &receiver.limits.attributes.apply_to_logs(&mut request));
         records = metrics::log_count(&request);
         receiver.sink.accept_logs(request).await.map_err(|e| refusal_from_sink(e, encoding))?;
         let partial_success = (rejected.count > 0).then(|| ExportLogsPartialSuccess {

@@ -4,8 +4,8 @@
 //!
 //! Today: OTLP/gRPC (traces, logs; gzip) and OTLP/HTTP (`/v1/traces`,
 //! `/v1/logs`; protobuf and JSON; gzip), body limits, and the spec's status
-//! codes, partial success for invalid records, Prometheus metrics. Not
-//! yet: zstd, per-source tokens, attribute limits.
+//! codes, partial success for invalid records, attribute count and length
+//! limits, Prometheus metrics. Not yet: zstd, per-source tokens.
 
 pub mod grpc;
 pub mod http;

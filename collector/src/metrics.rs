@@ -35,6 +35,26 @@ pub static REFUSED_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Attributes dropped or values cut by the attribute limits.
+pub static TRUNCATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "waybill_collector_truncated_attributes_total",
+        "Attributes changed by the limits: kind=dropped (over the count limit) or kind=shortened (value over the length limit)",
+        &["signal", "protocol", "kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts what the attribute limits changed.
+pub(crate) fn truncated(signal: &str, protocol: &str, truncated: &crate::validate::Truncated) {
+    if truncated.attributes_dropped > 0 {
+        TRUNCATED.with_label_values(&[signal, protocol, "dropped"]).inc_by(truncated.attributes_dropped);
+    }
+    if truncated.values_truncated > 0 {
+        TRUNCATED.with_label_values(&[signal, protocol, "shortened"]).inc_by(truncated.values_truncated);
+    }
+}
+
 /// Counts a refusal of `records` records.
 pub(crate) fn refused(signal: &str, protocol: &str, reason: &str, records: u64) {
     REFUSED_REQUESTS.with_label_values(&[signal, protocol, reason]).inc();
@@ -55,6 +75,7 @@ pub fn register() {
     LazyLock::force(&ACCEPTED_RECORDS);
     LazyLock::force(&REFUSED_REQUESTS);
     LazyLock::force(&REFUSED_RECORDS);
+    LazyLock::force(&TRUNCATED);
 }
 
 pub(crate) fn span_count(request: &crate::ExportTraceServiceRequest) -> u64 {
