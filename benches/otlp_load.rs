@@ -103,7 +103,7 @@ async fn raw_engine_rate(dir: &std::path::Path, rows: &[waybill_store::SpanRow])
     let columns = "Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, \
         ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, \
         `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, \
-        `Links.TraceState`, `Links.Attributes`";
+        `Links.TraceState`, `Links.Attributes`, WaybillSource";
     let query = |sql: String| engine.query(EngineQuery { sql: &sql, format: "RowBinary", database: None, params: &[] }).unwrap();
     let total = rows.len();
     let chunks = total.div_ceil(20_000);
@@ -266,7 +266,7 @@ async fn main() {
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(requests.iter().map(|r| r.encode_to_vec()).collect());
     println!("{:.0} MB", bodies.iter().map(Vec::len).sum::<usize>() as f64 / 1e6);
 
-    let rows: Vec<_> = requests.iter().flat_map(waybill::pipeline::span_rows).collect();
+    let rows: Vec<_> = requests.iter().flat_map(|r| waybill::pipeline::span_rows(r, "")).collect();
     drop(requests);
     let raw = raw_engine_rate(&root.join("raw"), &rows).await;
     drop(rows);

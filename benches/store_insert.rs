@@ -53,7 +53,7 @@ async fn main() {
     let columns = "Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, \
         ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, \
         `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, \
-        `Links.TraceState`, `Links.Attributes`";
+        `Links.TraceState`, `Links.Attributes`, WaybillSource";
     let mut raw_batches = Vec::new();
     for (i, chunk) in batches.iter().enumerate() {
         let first = &chunk[0].span_id;

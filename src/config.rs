@@ -2,8 +2,9 @@
 //!
 //! An override names a path in the file with `__` between levels:
 //! `WAYBILL_STORE__RETENTION_DAYS=14` sets `store.retention_days`. Values are
-//! read as YAML scalars (`14`, `true`, `server`). `WAYBILL_CONFIG` names the
-//! file itself.
+//! read as YAML scalars (`14`, `true`, `server`), lists and maps in YAML flow
+//! style (`[{name: sap-erp, token: ...}]`). `WAYBILL_CONFIG` names the file
+//! itself.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,21 @@ pub struct OtlpConfig {
     pub max_attributes_per_record: usize,
     /// Longest attribute string value in bytes; longer ones are cut (counted).
     pub max_attribute_value_bytes: usize,
+    /// Sending systems and their bearer tokens. Empty (the default): no
+    /// token is asked for. Otherwise every request needs one, and the
+    /// source's name is stored on each row (column WaybillSource).
+    pub sources: Vec<SourceToken>,
+}
+
+/// One sending system allowed to export to Waybill.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceToken {
+    /// Name recorded on its rows, e.g. `sap-erp` or `wms-eu`.
+    pub name: String,
+    /// At least 16 characters; sent as `Authorization: Bearer <token>`.
+    #[serde(deserialize_with = "waybill_store::config::lenient_string")]
+    pub token: String,
 }
 
 impl Default for OtlpConfig {
@@ -67,6 +83,7 @@ impl Default for OtlpConfig {
             max_decompressed_bytes: 64 << 20,
             max_attributes_per_record: 128,
             max_attribute_value_bytes: 8192,
+            sources: Vec::new(),
         }
     }
 }
@@ -102,6 +119,10 @@ impl Default for PipelineSettings {
 }
 
 impl OtlpConfig {
+    pub fn sources(&self) -> waybill_collector::auth::Sources {
+        waybill_collector::auth::Sources::new(self.sources.iter().map(|s| (s.name.clone(), s.token.clone())))
+    }
+
     pub fn attribute_limits(&self) -> waybill_collector::validate::AttributeLimits {
         waybill_collector::validate::AttributeLimits {
             max_attributes: self.max_attributes_per_record,
@@ -220,6 +241,9 @@ impl Config {
         if let Some(token) = config.sql_endpoint.token.as_mut() {
             *token = "<redacted>".into();
         }
+        for source in &mut config.otlp.sources {
+            source.token = "<redacted>".into();
+        }
         if !config.store.server.password.is_empty() {
             config.store.server.password = "<redacted>".into();
         }
@@ -253,6 +277,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "otlp.max_attributes_per_record and otlp.max_attribute_value_bytes must be positive".into(),
             ));
+        }
+        for (i, source) in self.otlp.sources.iter().enumerate() {
+            if source.name.trim().is_empty() || source.token.chars().count() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "otlp.sources[{i}] needs a name and a token of at least 16 characters"
+                )));
+            }
+            if self.otlp.sources[..i].iter().any(|other| other.token == source.token) {
+                return Err(ConfigError::Invalid(format!(
+                    "otlp.sources[{i}] ({}) reuses another source's token; give each source its own",
+                    source.name
+                )));
+            }
         }
         let p = &self.pipeline;
         if p.max_batch_rows == 0 || p.max_queued_rows < p.max_batch_rows || p.max_queued_rows > u32::MAX as usize {
@@ -290,10 +327,16 @@ fn apply_override(tree: &mut serde_yaml::Value, var: &str, value: &str) -> Resul
     }
     // A typed scalar only when it reads back as the same text: a token of 20
     // digits or `0x1f` stays text instead of becoming a rounded number.
+    // Lists and maps are given in YAML flow style: `[{name: a, token: b}]`.
     let parsed: serde_yaml::Value = serde_yaml::from_str(value)
         .ok()
-        .filter(|v: &serde_yaml::Value| !v.is_mapping() && !v.is_sequence())
-        .filter(|v| serde_yaml::to_string(v).is_ok_and(|text| text.trim_end() == value))
+        .filter(|v: &serde_yaml::Value| {
+            if v.is_mapping() || v.is_sequence() {
+                value.trim_start().starts_with(['[', '{'])
+            } else {
+                serde_yaml::to_string(v).is_ok_and(|text| text.trim_end() == value)
+            }
+        })
         .unwrap_or_else(|| serde_yaml::Value::String(value.to_owned()));
     let mut node = tree;
     for (i, key) in path.iter().enumerate() {
@@ -359,6 +402,16 @@ mod tests {
         .unwrap();
         assert_eq!(config.sql_endpoint.token.as_deref(), Some("12345678901234567890"));
         assert_eq!(config.store.server.password, "0x1f");
+
+        let config = Config::load(
+            None,
+            env(&[("WAYBILL_OTLP__SOURCES", "[{name: sap-erp, token: erp-token-0123456789}]")]),
+        )
+        .unwrap();
+        assert_eq!(config.otlp.sources, [SourceToken { name: "sap-erp".into(), token: "erp-token-0123456789".into() }]);
+        assert!(format!("{:?}", config.redacted()).contains("<redacted>"));
+        let err = Config::load(None, env(&[("WAYBILL_OTLP__SOURCES", "[{name: x, token: short}]")])).unwrap_err();
+        assert!(err.to_string().contains("otlp.sources[0]"), "{err}");
     }
 
     #[test]

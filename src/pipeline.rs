@@ -175,21 +175,24 @@ fn unavailable(err: impl std::fmt::Display) -> SinkError {
 }
 
 /// A request's identity for recognizing a resend: CityHash128 of its
-/// protobuf encoding (the same for every OTLP encoding of the same data).
-fn digest(message: &impl Message) -> u128 {
-    cityhash_rs::cityhash_102_128(&message.encode_to_vec())
+/// protobuf encoding (the same for every OTLP encoding of the same data)
+/// and its source.
+fn digest(message: &impl Message, source: &str) -> u128 {
+    let mut bytes = message.encode_to_vec();
+    bytes.extend_from_slice(source.as_bytes());
+    cityhash_rs::cityhash_102_128(&bytes)
 }
 
 impl Sink for Pipeline {
-    async fn accept_traces(&self, request: ExportTraceServiceRequest) -> Result<(), SinkError> {
-        let (digest, rows) = tokio::task::spawn_blocking(move || (digest(&request), span_rows(&request)))
+    async fn accept_traces(&self, request: ExportTraceServiceRequest, source: String) -> Result<(), SinkError> {
+        let (digest, rows) = tokio::task::spawn_blocking(move || (digest(&request, &source), span_rows(&request, &source)))
             .await
             .map_err(unavailable)?;
         self.submit(digest, rows, Vec::new()).await
     }
 
-    async fn accept_logs(&self, request: ExportLogsServiceRequest) -> Result<(), SinkError> {
-        let (digest, rows) = tokio::task::spawn_blocking(move || (digest(&request), log_rows(&request)))
+    async fn accept_logs(&self, request: ExportLogsServiceRequest, source: String) -> Result<(), SinkError> {
+        let (digest, rows) = tokio::task::spawn_blocking(move || (digest(&request, &source), log_rows(&request, &source)))
             .await
             .map_err(unavailable)?;
         self.submit(digest, Vec::new(), rows).await
@@ -442,7 +445,7 @@ fn nanos(unix_nano: u64) -> i64 {
 }
 
 /// One row per span.
-pub fn span_rows(request: &ExportTraceServiceRequest) -> Vec<SpanRow> {
+pub fn span_rows(request: &ExportTraceServiceRequest, source: &str) -> Vec<SpanRow> {
     let mut rows = Vec::new();
     for resource_spans in &request.resource_spans {
         let resource = resource_spans.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
@@ -479,6 +482,7 @@ pub fn span_rows(request: &ExportTraceServiceRequest) -> Vec<SpanRow> {
                     links_span_id: span.links.iter().map(|l| hex_id(&l.span_id)).collect(),
                     links_trace_state: span.links.iter().map(|l| l.trace_state.clone()).collect(),
                     links_attributes: span.links.iter().map(|l| attributes(&l.attributes)).collect(),
+                    source: source.to_owned(),
                 });
             }
         }
@@ -487,7 +491,7 @@ pub fn span_rows(request: &ExportTraceServiceRequest) -> Vec<SpanRow> {
 }
 
 /// One row per log record; the observed time stands in for a missing time.
-pub fn log_rows(request: &ExportLogsServiceRequest) -> Vec<LogRow> {
+pub fn log_rows(request: &ExportLogsServiceRequest, source: &str) -> Vec<LogRow> {
     let mut rows = Vec::new();
     for resource_logs in &request.resource_logs {
         let resource = resource_logs.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
@@ -514,6 +518,7 @@ pub fn log_rows(request: &ExportLogsServiceRequest) -> Vec<LogRow> {
                     scope_version: scope.map(|s| s.version.clone()).unwrap_or_default(),
                     scope_attributes: scope.map(|s| attributes(&s.attributes)).unwrap_or_default(),
                     log_attributes: attributes(&record.attributes),
+                    source: source.to_owned(),
                 });
             }
         }

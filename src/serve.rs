@@ -55,7 +55,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         attributes: config.otlp.attribute_limits(),
     };
     let (sink, writer) = Pipeline::start(store.clone(), config.pipeline.settings());
-    let otlp = waybill_collector::http::router(sink.clone(), limits);
+    let sources = config.otlp.sources();
+    let otlp = waybill_collector::http::router(sink.clone(), limits, sources.clone());
     let listener = TcpListener::bind(config.otlp.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (otlp.http_listen)", config.otlp.http_listen))?;
@@ -73,7 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let shutdown = async move {
             let _ = grpc_shutdown.wait_for(|stop| *stop).await;
         };
-        waybill_collector::grpc::serve(listener, grpc_sink, max_message_bytes, limits.attributes, shutdown).await.context("OTLP/gRPC receiver failed")
+        waybill_collector::grpc::serve(listener, grpc_sink, max_message_bytes, limits.attributes, sources, shutdown).await.context("OTLP/gRPC receiver failed")
     }));
 
     if config.sql_endpoint.enabled {

@@ -77,7 +77,7 @@ async fn serve_becomes_ready_serves_sql_and_stops_cleanly_on_sigterm() {
         b"SELECT max(Version) FROM waybill_schema_migrations",
     )
     .await;
-    assert_eq!((sql.status, sql.text().as_str()), (200, "2\n"));
+    assert_eq!((sql.status, sql.text().as_str()), (200, "3\n"));
 
     // SAFETY: sending SIGTERM to our own child process.
     unsafe { libc::kill(running.0.id() as i32, libc::SIGTERM) };
@@ -96,7 +96,7 @@ async fn serve_becomes_ready_serves_sql_and_stops_cleanly_on_sigterm() {
     // The data directory kept the schema: a second run has nothing to apply.
     let output = waybill(&dir).arg("migrate").output().unwrap();
     assert!(output.status.success(), "{}", text(&output));
-    assert!(text(&output).contains("schema is at version 2; nothing to apply"), "{}", text(&output));
+    assert!(text(&output).contains("schema is at version 3; nothing to apply"), "{}", text(&output));
 }
 
 /// Two `waybill migrate` processes at once against one server (here the
@@ -128,9 +128,9 @@ async fn two_processes_migrating_at_once_converge() {
         assert!(output.status.success(), "{}", text(output));
     }
     let store = waybill_store::Store::embedded(common::engine(), common::target("t_two_processes"));
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     let recorded: Vec<u32> = store.fetch_all("SELECT Version FROM waybill_schema_migrations FINAL ORDER BY Version").await.unwrap();
-    assert_eq!(recorded, [1, 2]);
+    assert_eq!(recorded, [1, 2, 3]);
 }
 
 /// With the server unreachable, the service is alive but not ready, and says why.

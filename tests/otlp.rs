@@ -120,7 +120,7 @@ async fn python_export_is_stored(service: &Service, endpoint: SocketAddr, protoc
 
     let client = service.sql_client();
     let spans: Vec<SpanRow> = client
-        .query("SELECT Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, `Links.TraceState`, `Links.Attributes` FROM otel_traces ORDER BY Timestamp")
+        .query("SELECT Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, `Links.TraceState`, `Links.Attributes`, WaybillSource FROM otel_traces ORDER BY Timestamp")
         .fetch_all()
         .await
         .unwrap();
@@ -151,7 +151,7 @@ async fn python_export_is_stored(service: &Service, endpoint: SocketAddr, protoc
     assert_eq!(child.links_attributes, [vec![("link.kind".to_owned(), "follows".to_owned())]]);
 
     let logs: Vec<LogRow> = client
-        .query("SELECT Timestamp, TraceId, SpanId, TraceFlags, SeverityText, SeverityNumber, ServiceName, Body, ResourceSchemaUrl, ResourceAttributes, ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes, LogAttributes FROM otel_logs")
+        .query("SELECT Timestamp, TraceId, SpanId, TraceFlags, SeverityText, SeverityNumber, ServiceName, Body, ResourceSchemaUrl, ResourceAttributes, ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes, LogAttributes, WaybillSource FROM otel_logs")
         .fetch_all()
         .await
         .unwrap();
@@ -449,4 +449,54 @@ async fn attribute_limits_drop_and_shorten_and_are_counted() {
     let count = |kind| metric(&metrics, "waybill_collector_truncated_attributes_total", &[("signal", "traces"), ("protocol", "http"), ("kind", kind)]);
     // Shortened: the order key, and the resource's service.name "b2b-portal".
     assert_eq!((count("dropped"), count("shortened")), (Some(1.0), Some(2.0)));
+}
+
+/// With sources configured, requests need a token and rows name their source.
+#[tokio::test]
+async fn tokens_identify_the_source_and_requests_without_one_are_refused() {
+    let service = start_with(
+        "otlp-tokens",
+        &[("WAYBILL_OTLP__SOURCES", "[{name: sap-erp, token: erp-token-0123456789}, {name: wms, token: wms-token-0123456789}]")],
+    )
+    .await;
+    let body = json_span("PO-TOKEN", "00000000000000d1");
+    let json = ("Content-Type", "application/json");
+    let missing = service.post("/v1/traces", &[json], body.as_bytes()).await;
+    assert_eq!(missing.status, 401, "{}", missing.text());
+    let wrong = service.post("/v1/traces", &[json, ("Authorization", "Bearer not-a-token-at-all")], body.as_bytes()).await;
+    assert_eq!(wrong.status, 401);
+    let ok = service.post("/v1/traces", &[json, ("Authorization", "Bearer erp-token-0123456789")], body.as_bytes()).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    // gRPC: the Python exporter sends the token as metadata.
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/send_otlp.py");
+    let grpc = service.grpc;
+    let run = move |headers: &'static str| {
+        let script = script.clone();
+        move || {
+            std::process::Command::new(python())
+                .arg(script)
+                .arg(format!("http://{grpc}"))
+                .arg("grpc")
+                .env("OTEL_EXPORTER_OTLP_HEADERS", headers)
+                .output()
+                .unwrap()
+        }
+    };
+    tokio::task::spawn_blocking(run("authorization=Bearer%20nope")).await.unwrap();
+    let sent = tokio::task::spawn_blocking(run("authorization=Bearer%20wms-token-0123456789")).await.unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+
+    let sources: Vec<(String, u64)> = service
+        .sql_client()
+        .query("SELECT WaybillSource, count() FROM otel_traces GROUP BY WaybillSource ORDER BY WaybillSource")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(sources, [("sap-erp".to_owned(), 1), ("wms".to_owned(), 2)]);
+    let logs: Vec<String> = service.sql_client().query("SELECT WaybillSource FROM otel_logs").fetch_all().await.unwrap();
+    assert_eq!(logs, ["wms"]);
+    let metrics = common::http(SocketAddr::from(([127, 0, 0, 1], service.http)), "GET", "/metrics", &[], b"").await.text();
+    assert_eq!(metric(&metrics, "waybill_collector_refused_requests_total", &[("protocol", "http"), ("reason", "unauthenticated")]), Some(2.0));
+    assert!(metric(&metrics, "waybill_collector_refused_requests_total", &[("protocol", "grpc"), ("reason", "unauthenticated")]).is_some_and(|n| n >= 1.0));
 }

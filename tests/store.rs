@@ -12,10 +12,10 @@ use waybill_store::{LogRow, SpanRow, Store, StoreConfig, StoreMode};
 const SPAN_COLUMNS: &str = "Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, \
     ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, \
     `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, \
-    `Links.TraceState`, `Links.Attributes`";
+    `Links.TraceState`, `Links.Attributes`, WaybillSource";
 
 const LOG_COLUMNS: &str = "Timestamp, TraceId, SpanId, TraceFlags, SeverityText, SeverityNumber, ServiceName, Body, \
-    ResourceSchemaUrl, ResourceAttributes, ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes, LogAttributes";
+    ResourceSchemaUrl, ResourceAttributes, ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes, LogAttributes, WaybillSource";
 
 /// A span whose strings hold what breaks naive encodings: blank lines
 /// (which cut chDB's inline insert data), tabs, quotes, NUL and non-ASCII.
@@ -37,7 +37,7 @@ async fn read_spans(store: &Store) -> Vec<SpanRow> {
 #[tokio::test]
 async fn migrations_apply_once_and_record_their_version() {
     let store = common::store("t_migrations").await;
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "second run applied {:?}", again.applied);
     assert!(again.retention_changed.is_empty());
@@ -61,7 +61,7 @@ async fn concurrent_migrations_converge_on_one_schema() {
     a.unwrap();
     b.unwrap();
     let recorded: Vec<u32> = first.fetch_all("SELECT Version FROM waybill_schema_migrations FINAL ORDER BY Version").await.unwrap();
-    assert_eq!(recorded, [1, 2]);
+    assert_eq!(recorded, [1, 2, 3]);
     assert!(first.migrate().await.unwrap().applied.is_empty());
 }
 
@@ -126,7 +126,7 @@ async fn queries_on_missing_tables_report_clickhouse_errors() {
     let err = store.execute("SELECT * FROM no_such_table").await.unwrap_err().to_string();
     assert!(err.contains("UNKNOWN_TABLE") && err.contains("no_such_table"), "{err}");
     // The store keeps working after a failed query.
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
 }
 
 /// A retried insert (same token, same rows) is stored once, in the table
@@ -160,7 +160,7 @@ async fn server_mode_works_through_the_http_interface() {
     };
     let store = Store::open(&config).await.unwrap();
     common::drop_database(&store).await;
-    assert_eq!(store.migrate().await.unwrap().applied, [1, 2]);
+    assert_eq!(store.migrate().await.unwrap().applied, [1, 2, 3]);
     let written: Vec<SpanRow> = (0..3000).map(rows::span).chain([awkward_span()]).collect();
     store.insert_spans(&written).await.unwrap();
     let mut expected = written;

@@ -17,6 +17,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use crate::validate::{self, AttributeLimits};
+use crate::auth::Sources;
 use crate::metrics;
 use crate::sink::{Sink, SinkError};
 use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
@@ -24,6 +25,18 @@ use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
 struct Receiver<S> {
     sink: Arc<S>,
     limits: AttributeLimits,
+    sources: Sources,
+}
+
+impl<S> Receiver<S> {
+    /// The request's source from its `authorization` metadata.
+    fn identify<T>(&self, request: &Request<T>, signal: &str) -> Result<String, Status> {
+        let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        self.sources.identify(authorization).ok_or_else(|| {
+            metrics::refused(signal, "grpc", "unauthenticated", 0);
+            Status::unauthenticated("a valid bearer token is required: send metadata authorization: Bearer <token>")
+        })
+    }
 }
 
 fn status_from(err: SinkError) -> Status {
@@ -55,12 +68,13 @@ impl<S: Sink> TraceService for Receiver<S> {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let source = self.identify(&request, "traces")?;
         let mut request = request.into_inner();
         let rejected = validate::retain_valid_spans(&mut request);
         metrics::invalid("traces", "grpc", rejected.count);
         metrics::truncated("traces", "grpc", &self.limits.apply_to_spans(&mut request));
         let records = metrics::span_count(&request);
-        accepted("traces", records, self.sink.accept_traces(request).await)?;
+        accepted("traces", records, self.sink.accept_traces(request, source).await)?;
         let partial_success = (rejected.count > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: rejected.count as i64,
             error_message: rejected.message("spans"),
@@ -75,12 +89,13 @@ impl<S: Sink> LogsService for Receiver<S> {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let source = self.identify(&request, "logs")?;
         let mut request = request.into_inner();
         let rejected = validate::retain_valid_logs(&mut request);
         metrics::invalid("logs", "grpc", rejected.count);
         metrics::truncated("logs", "grpc", &self.limits.apply_to_logs(&mut request));
         let records = metrics::log_count(&request);
-        accepted("logs", records, self.sink.accept_logs(request).await)?;
+        accepted("logs", records, self.sink.accept_logs(request, source).await)?;
         let partial_success = (rejected.count > 0).then(|| ExportLogsPartialSuccess {
             rejected_log_records: rejected.count as i64,
             error_message: rejected.message("log records"),
@@ -97,12 +112,13 @@ pub async fn serve<S: Sink>(
     sink: Arc<S>,
     max_message_bytes: usize,
     limits: AttributeLimits,
+    sources: Sources,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let traces = TraceServiceServer::new(Receiver { sink: sink.clone(), limits })
+    let traces = TraceServiceServer::new(Receiver { sink: sink.clone(), limits, sources: sources.clone() })
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes);
-    let logs = LogsServiceServer::new(Receiver { sink, limits })
+    let logs = LogsServiceServer::new(Receiver { sink, limits, sources })
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes);
     tonic::transport::Server::builder()

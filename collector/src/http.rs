@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, 
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
 
+use crate::auth::Sources;
 use crate::{metrics, validate};
 use crate::sink::{Sink, SinkError};
 use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
@@ -46,11 +47,12 @@ impl Default for HttpLimits {
 struct Receiver<S> {
     sink: Arc<S>,
     limits: HttpLimits,
+    sources: Sources,
 }
 
-/// The OTLP/HTTP routes over `sink`.
-pub fn router<S: Sink>(sink: Arc<S>, limits: HttpLimits) -> Router {
-    let receiver = Arc::new(Receiver { sink, limits });
+/// The OTLP/HTTP routes over `sink`, requiring one of `sources`' tokens if any.
+pub fn router<S: Sink>(sink: Arc<S>, limits: HttpLimits, sources: Sources) -> Router {
+    let receiver = Arc::new(Receiver { sink, limits, sources });
     Router::new()
         .route("/v1/traces", post(traces::<S>))
         .route("/v1/logs", post(logs::<S>))
@@ -94,6 +96,7 @@ impl Refusal {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "content_type",
             StatusCode::TOO_MANY_REQUESTS => "busy",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::UNAUTHORIZED => "unauthenticated",
             _ => "other",
         };
         Refusal { status, reason, message: message.into(), encoding, retry_after_seconds: None }
@@ -117,6 +120,7 @@ impl IntoResponse for Refusal {
             StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => 8,
             StatusCode::SERVICE_UNAVAILABLE => 14,
             StatusCode::NOT_FOUND => 12,
+            StatusCode::UNAUTHORIZED => 16,
             _ => 2,
         };
         let body = match self.encoding {
@@ -154,6 +158,14 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, Refusal> {
             format!("content type {value:?} is not supported; send application/x-protobuf or application/json"),
         )),
     }
+}
+
+/// The request's source, or 401 when tokens are required and none is valid.
+fn identify(sources: &Sources, headers: &HeaderMap, encoding: Encoding) -> Result<String, Refusal> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    sources.identify(authorization).ok_or_else(|| {
+        Refusal::new(StatusCode::UNAUTHORIZED, encoding, "a valid bearer token is required: send Authorization: Bearer <token>")
+    })
 }
 
 /// The body after `Content-Encoding`, bounded by `max_decompressed_bytes`.
@@ -229,12 +241,13 @@ async fn traces<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: Head
     let mut records = 0;
     let result = async {
         let encoding = request_encoding(&headers)?;
+        let source = identify(&receiver.sources, &headers, encoding)?;
         let mut request: ExportTraceServiceRequest = decode(&headers, body, receiver.limits, encoding, "trace export").await?;
         let rejected = validate::retain_valid_spans(&mut request);
         metrics::invalid("traces", "http", rejected.count);
         metrics::truncated("traces", "http", &receiver.limits.attributes.apply_to_spans(&mut request));
         records = metrics::span_count(&request);
-        receiver.sink.accept_traces(request).await.map_err(|e| refusal_from_sink(e, encoding))?;
+        receiver.sink.accept_traces(request, source).await.map_err(|e| refusal_from_sink(e, encoding))?;
         let partial_success = (rejected.count > 0).then(|| ExportTracePartialSuccess {
             rejected_spans: rejected.count as i64,
             error_message: rejected.message("spans"),
@@ -248,12 +261,13 @@ async fn logs<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: Header
     let mut records = 0;
     let result = async {
         let encoding = request_encoding(&headers)?;
+        let source = identify(&receiver.sources, &headers, encoding)?;
         let mut request: ExportLogsServiceRequest = decode(&headers, body, receiver.limits, encoding, "log export").await?;
         let rejected = validate::retain_valid_logs(&mut request);
         metrics::invalid("logs", "http", rejected.count);
         metrics::truncated("logs", "http", &receiver.limits.attributes.apply_to_logs(&mut request));
         records = metrics::log_count(&request);
-        receiver.sink.accept_logs(request).await.map_err(|e| refusal_from_sink(e, encoding))?;
+        receiver.sink.accept_logs(request, source).await.map_err(|e| refusal_from_sink(e, encoding))?;
         let partial_success = (rejected.count > 0).then(|| ExportLogsPartialSuccess {
             rejected_log_records: rejected.count as i64,
             error_message: rejected.message("log records"),

@@ -5,8 +5,9 @@
 //! Today: OTLP/gRPC (traces, logs; gzip) and OTLP/HTTP (`/v1/traces`,
 //! `/v1/logs`; protobuf and JSON; gzip), body limits, and the spec's status
 //! codes, partial success for invalid records, attribute count and length
-//! limits, Prometheus metrics. Not yet: zstd, per-source tokens.
+//! limits, per-source bearer tokens, Prometheus metrics. Not yet: zstd.
 
+pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

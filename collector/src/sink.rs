@@ -17,8 +17,17 @@ pub enum SinkError {
     Unavailable { reason: String, retry_after: Duration },
 }
 
-/// Takes decoded OTLP requests and makes them durable.
+/// Takes decoded OTLP requests and makes them durable. `source` names the
+/// sending system (see [`crate::auth`]); empty when tokens are off.
 pub trait Sink: Send + Sync + 'static {
-    fn accept_traces(&self, request: ExportTraceServiceRequest) -> impl Future<Output = Result<(), SinkError>> + Send;
-    fn accept_logs(&self, request: ExportLogsServiceRequest) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn accept_traces(
+        &self,
+        request: ExportTraceServiceRequest,
+        source: String,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn accept_logs(
+        &self,
+        request: ExportLogsServiceRequest,
+        source: String,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
 }

@@ -40,6 +40,16 @@ pub const MIGRATIONS: &[Migration] = &[
             schema::RETAINED_TABLES.iter().filter_map(|table| target.enable_insert_deduplication(table)).collect()
         },
     },
+    Migration {
+        version: 3,
+        name: "source system column on spans and log records",
+        statements: |target| {
+            [&schema::OTEL_TRACES, &schema::OTEL_LOGS]
+                .into_iter()
+                .flat_map(|table| target.add_column(table, "WaybillSource LowCardinality(String) CODEC(ZSTD(1))"))
+                .collect()
+        },
+    },
 ];
 
 /// The newest schema version this build knows.

@@ -53,6 +53,9 @@ pub struct SpanRow {
     pub links_trace_state: Vec<String>,
     #[serde(rename = "Links.Attributes")]
     pub links_attributes: Vec<Vec<(String, String)>>,
+    /// The sending system, from its token (Waybill's own column).
+    #[serde(rename = "WaybillSource")]
+    pub source: String,
 }
 
 /// One log record in `otel_logs` (`TimestampTime` is filled by its DEFAULT).
@@ -88,4 +91,7 @@ pub struct LogRow {
     pub scope_attributes: Vec<(String, String)>,
     #[serde(rename = "LogAttributes")]
     pub log_attributes: Vec<(String, String)>,
+    /// The sending system, from its token (Waybill's own column).
+    #[serde(rename = "WaybillSource")]
+    pub source: String,
 }

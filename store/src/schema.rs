@@ -262,6 +262,26 @@ GROUP BY TraceId",
 }
 
 impl SchemaTarget {
+    /// Adds a column if missing: to the table, and on a cluster to the
+    /// local tables and then the Distributed table over them.
+    pub fn add_column(&self, table: &TableDef, column: &str) -> Vec<String> {
+        let mut tables = vec![self.storage_table(table)];
+        if self.cluster.is_some() {
+            tables.push(table.name.to_owned());
+        }
+        tables
+            .into_iter()
+            .map(|name| {
+                format!(
+                    "ALTER TABLE {}.{}{} ADD COLUMN IF NOT EXISTS {column}",
+                    self.db(),
+                    quote_identifier(&name),
+                    self.on_cluster()
+                )
+            })
+            .collect()
+    }
+
     /// Keeps the tokens of the last inserts so a retried insert with the
     /// same `insert_deduplication_token` is skipped. Replicated tables do
     /// this by default (`replicated_deduplication_window`); plain MergeTree

@@ -54,6 +54,7 @@ pub fn span(i: u64) -> SpanRow {
         links_span_id: if i % 4 == 1 { vec![format!("{:016x}", 0x2000_0000u64 + i)] } else { vec![] },
         links_trace_state: if i % 4 == 1 { vec![String::new()] } else { vec![] },
         links_attributes: if i % 4 == 1 { vec![pairs(&[("link.kind", "follows".into())])] } else { vec![] },
+        source: ["portal-gateway", "sap-erp"][(i % 2) as usize].into(),
     }
 }
 
@@ -75,5 +76,6 @@ pub fn log(i: u64) -> LogRow {
         scope_version: "2.3".into(),
         scope_attributes: pairs(&[("team", "logistics".into())]),
         log_attributes: pairs(&[("biz.key.shipment", format!("SH-{}", 5000 + i)), ("biz.milestone", "shipment.dispatched".into())]),
+        source: "warehouse".into(),
     }
 }
