@@ -213,20 +213,32 @@ where
     T: Message + Default + serde::de::DeserializeOwned + Send + 'static,
 {
     let content_encoding = headers.get(header::CONTENT_ENCODING).cloned();
-    tokio::task::spawn_blocking(move || {
-        let mut headers = HeaderMap::new();
-        if let Some(value) = content_encoding {
-            headers.insert(header::CONTENT_ENCODING, value);
-        }
-        let body = decoded_body(&headers, body, limits, encoding)?;
-        match encoding {
-            Encoding::Protobuf => T::decode(body).map_err(|e| format!("{what} protobuf does not decode: {e}")),
-            Encoding::Json => serde_json::from_slice(&body).map_err(|e| format!("{what} JSON does not decode: {e}")),
-        }
-        .map_err(|message| Refusal::new(StatusCode::BAD_REQUEST, encoding, message))
-    })
-    .await
-    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, encoding, format!("decoding task failed: {e}")))?
+    tokio::task::spawn_blocking(move || decode_now(content_encoding, body, limits, encoding, what))
+        .await
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, encoding, format!("decoding task failed: {e}")))?
+}
+
+/// [`decode`] on the calling thread.
+fn decode_now<T>(
+    content_encoding: Option<HeaderValue>,
+    body: Bytes,
+    limits: HttpLimits,
+    encoding: Encoding,
+    what: &'static str,
+) -> Result<T, Refusal>
+where
+    T: Message + Default + serde::de::DeserializeOwned,
+{
+    let mut headers = HeaderMap::new();
+    if let Some(value) = content_encoding {
+        headers.insert(header::CONTENT_ENCODING, value);
+    }
+    let body = decoded_body(&headers, body, limits, encoding)?;
+    match encoding {
+        Encoding::Protobuf => T::decode(body).map_err(|e| format!("{what} protobuf does not decode: {e}")),
+        Encoding::Json => serde_json::from_slice(&body).map_err(|e| format!("{what} JSON does not decode: {e}")),
+    }
+    .map_err(|message| Refusal::new(StatusCode::BAD_REQUEST, encoding, message))
 }
 
 fn success<T: Message + serde::Serialize>(response: T, encoding: Encoding) -> Response {
@@ -295,4 +307,83 @@ fn answer(signal: &str, result: Result<Response, Refusal>, records: &u64) -> Res
 async fn metrics(headers: HeaderMap) -> Response {
     let encoding = request_encoding(&headers).unwrap_or(Encoding::Json);
     Refusal::new(StatusCode::NOT_FOUND, encoding, "Waybill does not accept OTLP metrics; send traces and logs").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::trace::v1::{span::Event, ResourceSpans, ScopeSpans, Span};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text_attribute() -> impl Strategy<Value = KeyValue> {
+        ("\\PC{0,12}", prop_oneof![
+            "\\PC{0,40}".prop_map(any_value::Value::StringValue),
+            any::<i64>().prop_map(any_value::Value::IntValue),
+            any::<bool>().prop_map(any_value::Value::BoolValue),
+        ])
+            .prop_map(|(key, value)| KeyValue { key, value: Some(AnyValue { value: Some(value) }), ..Default::default() })
+    }
+
+    fn span() -> impl Strategy<Value = Span> {
+        (
+            proptest::collection::vec(any::<u8>(), 16),
+            proptest::collection::vec(any::<u8>(), 8),
+            "\\PC{0,30}",
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(text_attribute(), 0..4),
+            "\\PC{0,10}",
+        )
+            .prop_map(|(trace_id, span_id, name, start, end, attributes, event)| Span {
+                trace_id,
+                span_id,
+                name,
+                start_time_unix_nano: start,
+                end_time_unix_nano: end,
+                attributes,
+                events: vec![Event { name: event, time_unix_nano: start, ..Default::default() }],
+                kind: 2,
+                ..Default::default()
+            })
+    }
+
+    fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
+        proptest::collection::vec(span(), 0..5).prop_map(|spans| ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn decoded(body: Vec<u8>, encoding: Encoding) -> Result<ExportTraceServiceRequest, Refusal> {
+        decode_now(None, body.into(), HttpLimits::default(), encoding, "trace export")
+    }
+
+    proptest! {
+        /// Whatever the SDK encodes as protobuf decodes to the same request.
+        #[test]
+        fn protobuf_requests_round_trip(request in request()) {
+            prop_assert_eq!(decoded(request.encode_to_vec(), Encoding::Protobuf).unwrap(), request);
+        }
+
+        /// The OTLP/JSON mapping (hex ids, 64-bit integers as strings) round-trips.
+        #[test]
+        fn json_requests_round_trip(request in request()) {
+            let body = serde_json::to_vec(&request).unwrap();
+            prop_assert_eq!(decoded(body, Encoding::Json).unwrap(), request);
+        }
+
+        /// Arbitrary bytes are refused with 400, never a panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for encoding in [Encoding::Protobuf, Encoding::Json] {
+                if let Err(refusal) = decoded(body.clone(), encoding) {
+                    prop_assert_eq!(refusal.status, StatusCode::BAD_REQUEST);
+                }
+            }
+        }
+    }
 }
