@@ -49,7 +49,7 @@ pub struct OtlpConfig {
     pub http_listen: SocketAddr,
     /// Largest request body as sent, compressed or not (larger: 413).
     pub max_body_bytes: usize,
-    /// Largest body after gzip decompression (larger: 413), and the largest
+    /// Largest body after gzip or zstd decompression (larger: 413), and the largest
     /// gRPC message (larger: OUT_OF_RANGE).
     pub max_decompressed_bytes: usize,
     /// Attributes kept per record, resource, scope, event or link; the rest

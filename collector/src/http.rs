@@ -1,7 +1,7 @@
 //! OTLP/HTTP receiver, per the OTLP specification ("OTLP/HTTP"):
 //! `POST /v1/traces` and `/v1/logs` with `application/x-protobuf` or
 //! `application/json` bodies (the OTLP/JSON mapping: hex ids, lowerCamelCase,
-//! 64-bit integers as strings), optionally gzip-compressed.
+//! 64-bit integers as strings), optionally gzip- or zstd-compressed.
 //!
 //! Responses: 200 with an Export*ServiceResponse in the request's encoding;
 //! 400 (not retryable) for bodies that do not decode; 413 past the body
@@ -173,13 +173,17 @@ fn decoded_body(headers: &HeaderMap, body: Bytes, limits: HttpLimits, encoding: 
     let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
     match content_encoding.trim().to_ascii_lowercase().as_str() {
         "" | "identity" => Ok(body),
-        "gzip" => {
+        name @ ("gzip" | "zstd") => {
             let mut out = Vec::new();
             let limit = limits.max_decompressed_bytes as u64;
-            flate2::read::MultiGzDecoder::new(&body[..])
-                .take(limit + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, encoding, format!("gzip body does not decompress: {e}")))?;
+            let not_decompressed =
+                |e: std::io::Error| Refusal::new(StatusCode::BAD_REQUEST, encoding, format!("{name} body does not decompress: {e}"));
+            let decoder: Box<dyn Read> = if name == "gzip" {
+                Box::new(flate2::read::MultiGzDecoder::new(&body[..]))
+            } else {
+                Box::new(zstd::stream::read::Decoder::new(&body[..]).map_err(not_decompressed)?)
+            };
+            decoder.take(limit + 1).read_to_end(&mut out).map_err(not_decompressed)?;
             if out.len() as u64 > limit {
                 return Err(Refusal::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -194,7 +198,7 @@ fn decoded_body(headers: &HeaderMap, body: Bytes, limits: HttpLimits, encoding: 
             ..Refusal::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 encoding,
-                format!("content encoding {other:?} is not supported; send gzip or no encoding"),
+                format!("content encoding {other:?} is not supported; send gzip, zstd or no encoding"),
             )
         }),
     }
@@ -360,6 +364,20 @@ mod tests {
 
     fn decoded(body: Vec<u8>, encoding: Encoding) -> Result<ExportTraceServiceRequest, Refusal> {
         decode_now(None, body.into(), HttpLimits::default(), encoding, "trace export")
+    }
+
+    #[test]
+    fn zstd_and_gzip_bodies_decode_and_bombs_are_refused() {
+        let body = ExportTraceServiceRequest::default().encode_to_vec();
+        let zstd_body = zstd::encode_all(&body[..], 3).unwrap();
+        let request: Result<ExportTraceServiceRequest, _> =
+            decode_now(Some(HeaderValue::from_static("zstd")), zstd_body.into(), HttpLimits::default(), Encoding::Protobuf, "t");
+        assert!(request.is_ok());
+        let bomb = zstd::encode_all(&vec![0u8; 1 << 20][..], 19).unwrap();
+        let limits = HttpLimits { max_decompressed_bytes: 1 << 16, ..HttpLimits::default() };
+        let refused: Result<ExportTraceServiceRequest, _> =
+            decode_now(Some(HeaderValue::from_static("zstd")), bomb.into(), limits, Encoding::Protobuf, "t");
+        assert_eq!(refused.unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     proptest! {

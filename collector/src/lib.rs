@@ -3,9 +3,9 @@
 //! nothing of lineage or storage; the binary supplies the sink.
 //!
 //! Today: OTLP/gRPC (traces, logs; gzip) and OTLP/HTTP (`/v1/traces`,
-//! `/v1/logs`; protobuf and JSON; gzip), body limits, and the spec's status
+//! `/v1/logs`; protobuf and JSON; gzip and zstd), body limits, and the spec's status
 //! codes, partial success for invalid records, attribute count and length
-//! limits, per-source bearer tokens, Prometheus metrics. Not yet: zstd.
+//! limits, per-source bearer tokens, Prometheus metrics.
 
 pub mod auth;
 pub mod grpc;
