@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: fetches the embedded ClickHouse engine if
-# missing (the store tests run against it), installs the OpenTelemetry Python
-# SDK the OTLP tests send with (a venv in target/python), then runs every
+# missing (the store tests run against it), installs Prometheus (as root) and
+# the OpenTelemetry Python SDK the OTLP tests send with (a venv in
+# target/python), then runs every
 # crate's unit and integration tests and checks that the benchmarks build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-engine.sh
+# A real Prometheus server scrapes /metrics in the OTLP tests.
+if ! command -v prometheus >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Prometheus (Debian package prometheus) ..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    echo "the tests need a Prometheus server: sudo apt-get install prometheus" >&2
+    exit 1
+  fi
+fi
 if [ ! -x target/python/bin/python ] || ! cmp -s tests/python/requirements.txt target/python/requirements.txt; then
   echo "installing the OpenTelemetry Python SDK into target/python ..."
   python3 -m venv target/python
