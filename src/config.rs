@@ -23,6 +23,16 @@ pub struct Config {
     pub sql_endpoint: SqlEndpointConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Waybill's own traces.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP endpoint (e.g. `http://collector:4318`) for Waybill's own
+    /// spans; unset (the default): not exported.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The web server: health checks now, pages and the JSON API later.
@@ -288,6 +298,13 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "otlp.sources[{i}] ({}) reuses another source's token; give each source its own",
                     source.name
+                )));
+            }
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "telemetry.otlp_endpoint {endpoint:?} must be an http:// or https:// URL of an OTLP/HTTP receiver"
                 )));
             }
         }

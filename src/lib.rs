@@ -4,3 +4,4 @@
 pub mod config;
 pub mod pipeline;
 pub mod serve;
+pub mod telemetry;

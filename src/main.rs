@@ -45,10 +45,6 @@ fn main() -> ExitCode {
         println!("config is valid:\n{:#?}", config.redacted());
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level))
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -57,11 +53,14 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match command {
+        let telemetry = waybill::telemetry::init(&config).context("cannot set up Waybill's own telemetry")?;
+        let result = match command {
             Command::Serve => serve::run(config).await,
             Command::Migrate => migrate(config).await,
             Command::CheckConfig => unreachable!("handled above"),
-        }
+        };
+        telemetry.shutdown().await;
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

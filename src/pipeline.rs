@@ -24,6 +24,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tracing::Instrument;
 use waybill_collector::{ExportLogsServiceRequest, ExportTraceServiceRequest, Sink, SinkError};
 use waybill_store::{LogRow, SpanRow, Store};
 
@@ -265,8 +266,14 @@ async fn write_batches(
         let spans: Vec<SpanRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.spans)).collect();
         let logs: Vec<LogRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.logs)).collect();
         // Each table on its own: a trace client's answer depends only on its spans.
-        let spans_result = write_table(&store, "otel_traces", &spans, &format!("{token}-spans"), config.retry_for).await;
-        let logs_result = write_table(&store, "otel_logs", &logs, &format!("{token}-logs"), config.retry_for).await;
+        let span = tracing::info_span!("write_batch", requests = batch.len(), rows);
+        let (spans_result, logs_result) = async {
+            let spans_result = write_table(&store, "otel_traces", &spans, &format!("{token}-spans"), config.retry_for).await;
+            let logs_result = write_table(&store, "otel_logs", &logs, &format!("{token}-logs"), config.retry_for).await;
+            (spans_result, logs_result)
+        }
+        .instrument(span)
+        .await;
         metrics::QUEUED_RECORDS.sub(rows as i64);
         let mut stored = stored.lock().expect("digest lock");
         for (submission, carries_logs) in batch.into_iter().zip(carries_logs) {

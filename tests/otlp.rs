@@ -58,6 +58,13 @@ async fn start_with(name: &str, settings: &[(&str, &str)]) -> Service {
 }
 
 impl Service {
+    /// Stops the service with SIGTERM and waits for it to exit.
+    async fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self._running.0.id() as i32, libc::SIGTERM) };
+        tokio::task::spawn_blocking(move || self._running.0.wait().unwrap()).await.unwrap()
+    }
+
     fn sql_client(&self) -> clickhouse::Client {
         clickhouse::Client::default().with_url(format!("http://{}", self.sql)).with_database("waybill").with_password(TOKEN)
     }
@@ -546,4 +553,25 @@ async fn prometheus_scrapes_the_ingest_metrics() {
 /// A program on PATH.
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| PathBuf::from(dir).join(program)).find(|path| path.is_file())
+}
+
+/// With `telemetry.otlp_endpoint` set, Waybill exports its own spans there
+/// (here: to a second Waybill) and flushes them on shutdown.
+#[tokio::test]
+async fn waybill_exports_its_own_traces_when_asked() {
+    let receiver = start("otlp-self-receiver").await;
+    let endpoint = format!("http://{}", receiver.otlp);
+    let traced = start_with("otlp-self-traced", &[("WAYBILL_TELEMETRY__OTLP_ENDPOINT", endpoint.as_str())]).await;
+    let body = json_span("PO-SELF", "00000000000000f1");
+    let response = traced.post("/v1/traces", &[("Content-Type", "application/json")], body.as_bytes()).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(traced.stop().await.success());
+
+    let names: Vec<String> = receiver
+        .sql_client()
+        .query("SELECT DISTINCT SpanName FROM otel_traces WHERE ServiceName = 'waybill' ORDER BY SpanName")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert!(names.contains(&"otlp.export".to_owned()) && names.contains(&"write_batch".to_owned()), "{names:?}");
 }

@@ -21,6 +21,7 @@ use axum::Router;
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
+use tracing::Instrument;
 
 use crate::auth::Sources;
 use crate::{metrics, validate};
@@ -270,7 +271,8 @@ async fn traces<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: Head
         });
         Ok::<_, Refusal>(success(ExportTraceServiceResponse { partial_success }, encoding))
     };
-    answer("traces", result.await, &records)
+    let result = result.instrument(tracing::info_span!("otlp.export", signal = "traces", protocol = "http")).await;
+    answer("traces", result, &records)
 }
 
 async fn logs<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -290,7 +292,8 @@ async fn logs<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: Header
         });
         Ok::<_, Refusal>(success(ExportLogsServiceResponse { partial_success }, encoding))
     };
-    answer("logs", result.await, &records)
+    let result = result.instrument(tracing::info_span!("otlp.export", signal = "logs", protocol = "http")).await;
+    answer("logs", result, &records)
 }
 
 /// Counts the outcome and renders it.
