@@ -12,17 +12,18 @@
 //! - a failed batch is retried with the same deduplication token while its
 //!   clients wait, so a write that did land is not stored twice; if the store
 //!   stays down, clients get Unavailable and resend;
-//! - requests acknowledged recently are remembered by digest, so a client
-//!   resending one whose answer it lost is acknowledged without a write.
+//! - requests stored recently are remembered by digest, so a client
+//!   resending one whose answer it lost is acknowledged without a write, and
+//!   a resend arriving while the original is still queued waits for it.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
 use waybill_collector::{ExportLogsServiceRequest, ExportTraceServiceRequest, Sink, SinkError};
@@ -110,7 +111,9 @@ struct Submission {
     digest: u128,
     spans: Vec<SpanRow>,
     logs: Vec<LogRow>,
-    ack: oneshot::Sender<Result<(), SinkError>>,
+    /// Where the outcome goes: to the request and to any resend of it
+    /// waiting meanwhile.
+    ack: watch::Sender<Outcome>,
     /// Returned to the queue's budget when the submission is dropped.
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -118,6 +121,24 @@ struct Submission {
 impl Submission {
     fn rows(&self) -> usize {
         self.spans.len() + self.logs.len()
+    }
+}
+
+/// A request's outcome once its batch is written; `None` until then.
+type Outcome = Option<Result<(), SinkError>>;
+
+/// Which requests are stored or being stored, by digest, under one lock so
+/// a resend sees one or the other.
+struct Ledger {
+    stored: RecentDigests,
+    in_flight: HashMap<u128, watch::Receiver<Outcome>>,
+}
+
+/// Waits for a request's outcome.
+async fn outcome(mut receiver: watch::Receiver<Outcome>) -> Result<(), SinkError> {
+    match receiver.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or(Ok(())),
+        Err(_) => Err(unavailable("the writer has stopped")),
     }
 }
 
@@ -129,7 +150,7 @@ pub struct Pipeline {
     queue: mpsc::UnboundedSender<Submission>,
     budget: Arc<Semaphore>,
     max_queued_rows: usize,
-    stored: Arc<Mutex<RecentDigests>>,
+    ledger: Arc<Mutex<Ledger>>,
 }
 
 impl Pipeline {
@@ -139,21 +160,54 @@ impl Pipeline {
         // The channel itself is unbounded; the row budget bounds it.
         let (queue, receiver) = mpsc::unbounded_channel();
         let max_queued_rows = config.max_queued_rows.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-        let stored = Arc::new(Mutex::new(RecentDigests::new(config.remembered_requests)));
+        let ledger = Arc::new(Mutex::new(Ledger {
+            stored: RecentDigests::new(config.remembered_requests),
+            in_flight: HashMap::new(),
+        }));
         let pipeline = Arc::new(Pipeline {
             queue,
             budget: Arc::new(Semaphore::new(max_queued_rows)),
             max_queued_rows,
-            stored: stored.clone(),
+            ledger: ledger.clone(),
         });
-        let writer = tokio::spawn(write_batches(store, receiver, config, stored));
+        let writer = tokio::spawn(write_batches(store, receiver, config, ledger));
         (pipeline, writer)
+    }
+
+    /// What to do with a request now: done (stored already), or wait on
+    /// the copy of it that is being stored.
+    fn known(&self, digest: u128) -> Option<Result<watch::Receiver<Outcome>, ()>> {
+        let ledger = self.ledger.lock().expect("ledger lock");
+        if ledger.stored.contains(digest) {
+            return Some(Err(()));
+        }
+        ledger.in_flight.get(&digest).cloned().map(Ok)
+    }
+
+    /// Registers this request as being stored, unless a copy got there
+    /// first (answered as [`Pipeline::known`] does), in one step.
+    fn register(&self, digest: u128, receiver: &watch::Receiver<Outcome>) -> Option<Result<watch::Receiver<Outcome>, ()>> {
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        if ledger.stored.contains(digest) {
+            return Some(Err(()));
+        }
+        if let Some(original) = ledger.in_flight.get(&digest) {
+            return Some(Ok(original.clone()));
+        }
+        ledger.in_flight.insert(digest, receiver.clone());
+        None
     }
 
     async fn submit(&self, digest: u128, spans: Vec<SpanRow>, logs: Vec<LogRow>) -> Result<(), SinkError> {
         let rows = spans.len() + logs.len();
-        if rows == 0 || self.stored.lock().expect("digest lock").contains(digest) {
+        if rows == 0 {
             return Ok(());
+        }
+        // A resend of a stored request is done; of one being stored, waits for it.
+        match self.known(digest) {
+            Some(Err(())) => return Ok(()),
+            Some(Ok(original)) => return outcome(original).await,
+            None => {}
         }
         // Wait briefly for room, so a large request is not refused forever
         // under steady load; a request larger than the whole budget takes all of it.
@@ -162,12 +216,19 @@ impl Pipeline {
             .await
             .map_err(|_| SinkError::Busy { retry_after: BUSY_RETRY_AFTER })?
             .map_err(|_| unavailable("the writer has stopped"))?;
-        let (ack, acked) = oneshot::channel();
+        let (ack, receiver) = watch::channel(None);
+        // Another copy may have been stored or registered while this one waited for room.
+        match self.register(digest, &receiver) {
+            Some(Err(())) => return Ok(()),
+            Some(Ok(original)) => return outcome(original).await,
+            None => {}
+        }
         metrics::QUEUED_RECORDS.add(rows as i64);
-        self.queue
-            .send(Submission { digest, spans, logs, ack, _permit: Some(permit) })
-            .map_err(|_| unavailable("the writer has stopped"))?;
-        acked.await.map_err(|_| unavailable("the writer has stopped"))?
+        if self.queue.send(Submission { digest, spans, logs, ack, _permit: Some(permit) }).is_err() {
+            self.ledger.lock().expect("ledger lock").in_flight.remove(&digest);
+            return Err(unavailable("the writer has stopped"));
+        }
+        outcome(receiver).await
     }
 }
 
@@ -234,7 +295,7 @@ async fn write_batches(
     store: Store,
     mut queue: mpsc::UnboundedReceiver<Submission>,
     config: PipelineConfig,
-    stored: Arc<Mutex<RecentDigests>>,
+    ledger: Arc<Mutex<Ledger>>,
 ) {
     static BATCH: AtomicU64 = AtomicU64::new(0);
     // Tokens must not repeat across restarts within the dedup window.
@@ -275,13 +336,15 @@ async fn write_batches(
         .instrument(span)
         .await;
         metrics::QUEUED_RECORDS.sub(rows as i64);
-        let mut stored = stored.lock().expect("digest lock");
+        let mut ledger = ledger.lock().expect("ledger lock");
         for (submission, carries_logs) in batch.into_iter().zip(carries_logs) {
             let result = if carries_logs { logs_result.clone() } else { spans_result.clone() };
             if result.is_ok() {
-                stored.insert(submission.digest);
+                ledger.stored.insert(submission.digest);
             }
-            let _ = submission.ack.send(result);
+            ledger.in_flight.remove(&submission.digest);
+            // Nobody may be waiting any more (the client gave up); that is fine.
+            let _ = submission.ack.send(Some(result));
         }
     }
 }

@@ -414,6 +414,10 @@ async fn an_unreachable_store_loses_nothing_and_stores_resends_once() {
     assert_eq!(busy.header("Retry-After"), Some("1"));
     let metrics = common::http(SocketAddr::from(([127, 0, 0, 1], http)), "GET", "/metrics", &[], b"").await.text();
     assert_eq!(metric(&metrics, "waybill_collector_refused_requests_total", &[("protocol", "http"), ("reason", "busy")]), Some(1.0));
+    // The same request again while the original is queued: it takes no room
+    // (no 429) and shares the original's outcome instead of being stored twice.
+    let resend = common::http(otlp, "POST", "/v1/traces", &json, first.as_bytes()).await;
+    assert_eq!(resend.status, 503, "{}", resend.text());
     let unavailable = pending.await.unwrap();
     assert_eq!(unavailable.status, 503, "{}", unavailable.text());
     assert!(unavailable.header("Retry-After").is_some());
