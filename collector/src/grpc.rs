@@ -9,14 +9,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use crate::validate::{self, AttributeLimits};
+use crate::signal::{self, Signal};
+use crate::validate::AttributeLimits;
 use crate::auth::Sources;
 use crate::metrics;
 use crate::sink::{Sink, SinkError};
@@ -48,17 +49,13 @@ fn status_from(err: SinkError) -> Status {
     Status::with_error_details(code, err.to_string(), ErrorDetails::with_retry_info(Some(retry_after)))
 }
 
-/// Counts the sink's answer for `records` records and maps it to a status.
-fn accepted(signal: &str, records: u64, result: Result<(), SinkError>) -> Result<(), Status> {
-    match result {
-        Ok(()) => {
-            metrics::ACCEPTED_RECORDS.with_label_values(&[signal, "grpc"]).inc_by(records);
-            Ok(())
-        }
-        Err(err) => {
-            metrics::refused(signal, "grpc", metrics::sink_reason(&err), records);
-            Err(status_from(err))
-        }
+impl<S: Sink> Receiver<S> {
+    async fn export<T: Signal>(&self, request: Request<T>) -> Result<Response<T::Response>, Status> {
+        let source = self.identify(&request, T::NAME)?;
+        signal::export(self.sink.as_ref(), request.into_inner(), source, &self.limits, "grpc")
+            .await
+            .map(Response::new)
+            .map_err(|(err, _)| status_from(err))
     }
 }
 
@@ -68,18 +65,7 @@ impl<S: Sink> TraceService for Receiver<S> {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let source = self.identify(&request, "traces")?;
-        let mut request = request.into_inner();
-        let rejected = validate::retain_valid_spans(&mut request);
-        metrics::invalid("traces", "grpc", rejected.count);
-        metrics::truncated("traces", "grpc", &self.limits.apply_to_spans(&mut request));
-        let records = metrics::span_count(&request);
-        accepted("traces", records, self.sink.accept_traces(request, source).await)?;
-        let partial_success = (rejected.count > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: rejected.count as i64,
-            error_message: rejected.message("spans"),
-        });
-        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+        Receiver::export(self, request).await
     }
 }
 
@@ -89,18 +75,7 @@ impl<S: Sink> LogsService for Receiver<S> {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let source = self.identify(&request, "logs")?;
-        let mut request = request.into_inner();
-        let rejected = validate::retain_valid_logs(&mut request);
-        metrics::invalid("logs", "grpc", rejected.count);
-        metrics::truncated("logs", "grpc", &self.limits.apply_to_logs(&mut request));
-        let records = metrics::log_count(&request);
-        accepted("logs", records, self.sink.accept_logs(request, source).await)?;
-        let partial_success = (rejected.count > 0).then(|| ExportLogsPartialSuccess {
-            rejected_log_records: rejected.count as i64,
-            error_message: rejected.message("log records"),
-        });
-        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
+        Receiver::export(self, request).await
     }
 }
 

@@ -18,12 +18,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
 use tracing::Instrument;
 
 use crate::auth::Sources;
+use crate::signal::{self, Signal};
 use crate::{metrics, validate};
 use crate::sink::{Sink, SinkError};
 use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
@@ -55,8 +54,8 @@ struct Receiver<S> {
 pub fn router<S: Sink>(sink: Arc<S>, limits: HttpLimits, sources: Sources) -> Router {
     let receiver = Arc::new(Receiver { sink, limits, sources });
     Router::new()
-        .route("/v1/traces", post(traces::<S>))
-        .route("/v1/logs", post(logs::<S>))
+        .route("/v1/traces", post(export::<S, ExportTraceServiceRequest>))
+        .route("/v1/logs", post(export::<S, ExportLogsServiceRequest>))
         .route("/v1/metrics", post(metrics))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(receiver)
@@ -170,8 +169,13 @@ fn identify(sources: &Sources, headers: &HeaderMap, encoding: Encoding) -> Resul
 }
 
 /// The body after `Content-Encoding`, bounded by `max_decompressed_bytes`.
-fn decoded_body(headers: &HeaderMap, body: Bytes, limits: HttpLimits, encoding: Encoding) -> Result<Bytes, Refusal> {
-    let content_encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+fn decoded_body(
+    content_encoding: Option<&HeaderValue>,
+    body: Bytes,
+    limits: HttpLimits,
+    encoding: Encoding,
+) -> Result<Bytes, Refusal> {
+    let content_encoding = content_encoding.and_then(|v| v.to_str().ok()).unwrap_or("identity");
     match content_encoding.trim().to_ascii_lowercase().as_str() {
         "" | "identity" => Ok(body),
         name @ ("gzip" | "zstd") => {
@@ -208,7 +212,7 @@ fn decoded_body(headers: &HeaderMap, body: Bytes, limits: HttpLimits, encoding: 
 /// Decompresses and decodes a request body off the async executor (gzip
 /// and protobuf or JSON decoding of large batches are CPU-heavy).
 async fn decode<T>(
-    headers: &HeaderMap,
+    content_encoding: Option<HeaderValue>,
     body: Bytes,
     limits: HttpLimits,
     encoding: Encoding,
@@ -217,7 +221,6 @@ async fn decode<T>(
 where
     T: Message + Default + serde::de::DeserializeOwned + Send + 'static,
 {
-    let content_encoding = headers.get(header::CONTENT_ENCODING).cloned();
     tokio::task::spawn_blocking(move || decode_now(content_encoding, body, limits, encoding, what))
         .await
         .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, encoding, format!("decoding task failed: {e}")))?
@@ -234,11 +237,7 @@ fn decode_now<T>(
 where
     T: Message + Default + serde::de::DeserializeOwned,
 {
-    let mut headers = HeaderMap::new();
-    if let Some(value) = content_encoding {
-        headers.insert(header::CONTENT_ENCODING, value);
-    }
-    let body = decoded_body(&headers, body, limits, encoding)?;
+    let body = decoded_body(content_encoding.as_ref(), body, limits, encoding)?;
     match encoding {
         Encoding::Protobuf => T::decode(body).map_err(|e| format!("{what} protobuf does not decode: {e}")),
         Encoding::Json => serde_json::from_slice(&body).map_err(|e| format!("{what} JSON does not decode: {e}")),
@@ -254,60 +253,26 @@ fn success<T: Message + serde::Serialize>(response: T, encoding: Encoding) -> Re
     ([(header::CONTENT_TYPE, encoding.content_type())], body).into_response()
 }
 
-async fn traces<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: HeaderMap, body: Bytes) -> Response {
-    let mut records = 0;
+/// `POST /v1/traces` and `/v1/logs`: one handler per signal type.
+async fn export<S: Sink, T: Signal>(State(receiver): State<Arc<Receiver<S>>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let encoding = request_encoding(&headers)?;
         let source = identify(&receiver.sources, &headers, encoding)?;
-        let mut request: ExportTraceServiceRequest = decode(&headers, body, receiver.limits, encoding, "trace export").await?;
-        let rejected = validate::retain_valid_spans(&mut request);
-        metrics::invalid("traces", "http", rejected.count);
-        metrics::truncated("traces", "http", &receiver.limits.attributes.apply_to_spans(&mut request));
-        records = metrics::span_count(&request);
-        receiver.sink.accept_traces(request, source).await.map_err(|e| refusal_from_sink(e, encoding))?;
-        let partial_success = (rejected.count > 0).then(|| ExportTracePartialSuccess {
-            rejected_spans: rejected.count as i64,
-            error_message: rejected.message("spans"),
-        });
-        Ok::<_, Refusal>(success(ExportTraceServiceResponse { partial_success }, encoding))
-    };
-    let result = result.instrument(tracing::info_span!("otlp.export", signal = "traces", protocol = "http")).await;
-    answer("traces", result, &records)
-}
-
-async fn logs<S: Sink>(State(receiver): State<Arc<Receiver<S>>>, headers: HeaderMap, body: Bytes) -> Response {
-    let mut records = 0;
-    let result = async {
-        let encoding = request_encoding(&headers)?;
-        let source = identify(&receiver.sources, &headers, encoding)?;
-        let mut request: ExportLogsServiceRequest = decode(&headers, body, receiver.limits, encoding, "log export").await?;
-        let rejected = validate::retain_valid_logs(&mut request);
-        metrics::invalid("logs", "http", rejected.count);
-        metrics::truncated("logs", "http", &receiver.limits.attributes.apply_to_logs(&mut request));
-        records = metrics::log_count(&request);
-        receiver.sink.accept_logs(request, source).await.map_err(|e| refusal_from_sink(e, encoding))?;
-        let partial_success = (rejected.count > 0).then(|| ExportLogsPartialSuccess {
-            rejected_log_records: rejected.count as i64,
-            error_message: rejected.message("log records"),
-        });
-        Ok::<_, Refusal>(success(ExportLogsServiceResponse { partial_success }, encoding))
-    };
-    let result = result.instrument(tracing::info_span!("otlp.export", signal = "logs", protocol = "http")).await;
-    answer("logs", result, &records)
-}
-
-/// Counts the outcome and renders it.
-fn answer(signal: &str, result: Result<Response, Refusal>, records: &u64) -> Response {
-    match result {
-        Ok(response) => {
-            metrics::ACCEPTED_RECORDS.with_label_values(&[signal, "http"]).inc_by(*records);
-            response
+        let content_encoding = headers.get(header::CONTENT_ENCODING).cloned();
+        let request: T = decode(content_encoding, body, receiver.limits, encoding, T::NAME).await?;
+        match signal::export(receiver.sink.as_ref(), request, source, &receiver.limits.attributes, "http").await {
+            Ok(response) => Ok(success(response, encoding)),
+            Err((err, _)) => Err(refusal_from_sink(err, encoding)),
         }
-        Err(refusal) => {
-            metrics::refused(signal, "http", refusal.reason, *records);
-            refusal.into_response()
+    };
+    let result = result.instrument(tracing::info_span!("otlp.export", signal = T::NAME, protocol = "http")).await;
+    result.unwrap_or_else(|refusal| {
+        // The sink's refusals were counted with their records by signal::export.
+        if !matches!(refusal.reason, "busy" | "unavailable") {
+            metrics::refused(T::NAME, "http", refusal.reason, 0);
         }
-    }
+        refusal.into_response()
+    })
 }
 
 /// Metrics are not stored: say so rather than accept and drop them.

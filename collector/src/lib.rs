@@ -11,6 +11,7 @@ pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+mod signal;
 pub mod sink;
 pub mod validate;
 

@@ -78,13 +78,6 @@ pub fn register() {
     LazyLock::force(&TRUNCATED);
 }
 
-pub(crate) fn span_count(request: &crate::ExportTraceServiceRequest) -> u64 {
-    request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()
-}
-
-pub(crate) fn log_count(request: &crate::ExportLogsServiceRequest) -> u64 {
-    request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum()
-}
 
 pub(crate) fn sink_reason(err: &crate::SinkError) -> &'static str {
     match err {
