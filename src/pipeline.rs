@@ -41,7 +41,7 @@ pub struct PipelineConfig {
     pub max_queued_rows: usize,
     /// How long a failed batch is retried before its clients get Unavailable.
     pub retry_for: Duration,
-    /// How many acknowledged request digests are remembered.
+    /// How many stored request digests are remembered.
     pub remembered_requests: usize,
 }
 
@@ -134,6 +134,14 @@ struct Ledger {
     in_flight: HashMap<u128, watch::Receiver<Outcome>>,
 }
 
+/// What the ledger knows of a request.
+enum Seen {
+    Stored,
+    /// A copy is being stored: its outcome will be this request's.
+    InFlight(watch::Receiver<Outcome>),
+    New,
+}
+
 /// Waits for a request's outcome.
 async fn outcome(mut receiver: watch::Receiver<Outcome>) -> Result<(), SinkError> {
     match receiver.wait_for(Option::is_some).await {
@@ -174,28 +182,20 @@ impl Pipeline {
         (pipeline, writer)
     }
 
-    /// What to do with a request now: done (stored already), or wait on
-    /// the copy of it that is being stored.
-    fn known(&self, digest: u128) -> Option<Result<watch::Receiver<Outcome>, ()>> {
-        let ledger = self.ledger.lock().expect("ledger lock");
-        if ledger.stored.contains(digest) {
-            return Some(Err(()));
-        }
-        ledger.in_flight.get(&digest).cloned().map(Ok)
-    }
-
-    /// Registers this request as being stored, unless a copy got there
-    /// first (answered as [`Pipeline::known`] does), in one step.
-    fn register(&self, digest: u128, receiver: &watch::Receiver<Outcome>) -> Option<Result<watch::Receiver<Outcome>, ()>> {
+    /// Looks `digest` up; with `register`, records this request as being
+    /// stored when no copy is stored or in flight, in the same step.
+    fn seen(&self, digest: u128, register: Option<&watch::Receiver<Outcome>>) -> Seen {
         let mut ledger = self.ledger.lock().expect("ledger lock");
         if ledger.stored.contains(digest) {
-            return Some(Err(()));
+            return Seen::Stored;
         }
         if let Some(original) = ledger.in_flight.get(&digest) {
-            return Some(Ok(original.clone()));
+            return Seen::InFlight(original.clone());
         }
-        ledger.in_flight.insert(digest, receiver.clone());
-        None
+        if let Some(receiver) = register {
+            ledger.in_flight.insert(digest, receiver.clone());
+        }
+        Seen::New
     }
 
     async fn submit(&self, digest: u128, spans: Vec<SpanRow>, logs: Vec<LogRow>) -> Result<(), SinkError> {
@@ -204,10 +204,10 @@ impl Pipeline {
             return Ok(());
         }
         // A resend of a stored request is done; of one being stored, waits for it.
-        match self.known(digest) {
-            Some(Err(())) => return Ok(()),
-            Some(Ok(original)) => return outcome(original).await,
-            None => {}
+        match self.seen(digest, None) {
+            Seen::Stored => return Ok(()),
+            Seen::InFlight(original) => return outcome(original).await,
+            Seen::New => {}
         }
         // Wait briefly for room, so a large request is not refused forever
         // under steady load; a request larger than the whole budget takes all of it.
@@ -218,10 +218,10 @@ impl Pipeline {
             .map_err(|_| unavailable("the writer has stopped"))?;
         let (ack, receiver) = watch::channel(None);
         // Another copy may have been stored or registered while this one waited for room.
-        match self.register(digest, &receiver) {
-            Some(Err(())) => return Ok(()),
-            Some(Ok(original)) => return outcome(original).await,
-            None => {}
+        match self.seen(digest, Some(&receiver)) {
+            Seen::Stored => return Ok(()),
+            Seen::InFlight(original) => return outcome(original).await,
+            Seen::New => {}
         }
         metrics::QUEUED_RECORDS.add(rows as i64);
         if self.queue.send(Submission { digest, spans, logs, ack, _permit: Some(permit) }).is_err() {

@@ -55,7 +55,7 @@ impl<S: Sink> Receiver<S> {
         signal::export(self.sink.as_ref(), request.into_inner(), source, &self.limits, "grpc")
             .await
             .map(Response::new)
-            .map_err(|(err, _)| status_from(err))
+            .map_err(status_from)
     }
 }
 

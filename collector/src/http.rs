@@ -262,7 +262,7 @@ async fn export<S: Sink, T: Signal>(State(receiver): State<Arc<Receiver<S>>>, he
         let request: T = decode(content_encoding, body, receiver.limits, encoding, T::NAME).await?;
         match signal::export(receiver.sink.as_ref(), request, source, &receiver.limits.attributes, "http").await {
             Ok(response) => Ok(success(response, encoding)),
-            Err((err, _)) => Err(refusal_from_sink(err, encoding)),
+            Err(err) => Err(refusal_from_sink(err, encoding)),
         }
     };
     let result = result.instrument(tracing::info_span!("otlp.export", signal = T::NAME, protocol = "http")).await;

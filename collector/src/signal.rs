@@ -76,14 +76,14 @@ impl Signal for ExportLogsServiceRequest {
 }
 
 /// Validates, limits and stores `request` for `protocol`, counting every
-/// step. Returns the response, or the sink's refusal and the records it held.
+/// step (the sink's refusals included). Returns the response or the refusal.
 pub(crate) async fn export<T: Signal, S: Sink>(
     sink: &S,
     mut request: T,
     source: String,
     limits: &AttributeLimits,
     protocol: &str,
-) -> Result<T::Response, (SinkError, u64)> {
+) -> Result<T::Response, SinkError> {
     let rejected = request.retain_valid();
     metrics::invalid(T::NAME, protocol, rejected.count);
     metrics::truncated(T::NAME, protocol, &request.limit(limits));
@@ -95,7 +95,7 @@ pub(crate) async fn export<T: Signal, S: Sink>(
         }
         Err(err) => {
             metrics::refused(T::NAME, protocol, metrics::sink_reason(&err), records);
-            Err((err, records))
+            Err(err)
         }
     }
 }
