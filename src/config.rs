@@ -105,6 +105,8 @@ pub struct PipelineSettings {
     /// A batch holds at most this many records; it is written as soon as
     /// nothing else is waiting...
     pub max_batch_rows: usize,
+    /// ...or requests of this many bytes (their OTLP protobuf size)...
+    pub max_batch_bytes: usize,
     /// ...after lingering this many milliseconds for more (0: at once).
     /// Batches grow with load either way, since the next one gathers while
     /// one is written.
@@ -121,6 +123,7 @@ impl Default for PipelineSettings {
         let defaults = crate::pipeline::PipelineConfig::default();
         PipelineSettings {
             max_batch_rows: defaults.max_batch_rows,
+            max_batch_bytes: defaults.max_batch_bytes,
             flush_interval_ms: defaults.flush_interval.as_millis() as u64,
             max_queued_rows: defaults.max_queued_rows,
             retry_seconds: defaults.retry_for.as_secs(),
@@ -145,6 +148,7 @@ impl PipelineSettings {
     pub fn settings(&self) -> crate::pipeline::PipelineConfig {
         crate::pipeline::PipelineConfig {
             max_batch_rows: self.max_batch_rows,
+            max_batch_bytes: self.max_batch_bytes,
             flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
             max_queued_rows: self.max_queued_rows,
             retry_for: std::time::Duration::from_secs(self.retry_seconds),

@@ -26,7 +26,7 @@ use prost::Message;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
-use waybill_collector::{ExportLogsServiceRequest, ExportTraceServiceRequest, Sink, SinkError};
+use waybill_collector::{Accepted, ExportLogsServiceRequest, ExportTraceServiceRequest, Sink, SinkError};
 use waybill_store::{LogRow, SpanRow, Store};
 
 /// How the writer batches and how much it may hold.
@@ -35,6 +35,8 @@ pub struct PipelineConfig {
     /// A batch is written once it holds this many rows, or once nothing
     /// else is waiting...
     pub max_batch_rows: usize,
+    /// ...or once its requests' encoded size reaches this many bytes...
+    pub max_batch_bytes: usize,
     /// ...after lingering this long for more (zero: write at once).
     pub flush_interval: Duration,
     /// Rows queued or being written at most; beyond it requests get Busy.
@@ -49,6 +51,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             max_batch_rows: 20_000,
+            max_batch_bytes: 32 << 20,
             flush_interval: Duration::ZERO,
             max_queued_rows: 200_000,
             retry_for: Duration::from_secs(10),
@@ -76,6 +79,14 @@ mod metrics {
         )
         .expect("metric registers once")
     });
+    pub static BATCH_BYTES: LazyLock<Histogram> = LazyLock::new(|| {
+        register_histogram!(
+            "waybill_pipeline_batch_bytes",
+            "Encoded OTLP size of the requests in a written batch",
+            prometheus::exponential_buckets(4096.0, 4.0, 9).expect("valid buckets")
+        )
+        .expect("metric registers once")
+    });
     pub static INSERT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
         register_histogram_vec!(
             "waybill_store_insert_duration_seconds",
@@ -94,6 +105,7 @@ mod metrics {
     pub fn register() {
         LazyLock::force(&QUEUED_RECORDS);
         LazyLock::force(&BATCH_RECORDS);
+        LazyLock::force(&BATCH_BYTES);
         LazyLock::force(&INSERT_SECONDS);
         LazyLock::force(&FAILED_INSERTS);
     }
@@ -109,6 +121,8 @@ struct Submission {
     /// Identity of the request, remembered by the writer once stored, even
     /// when the client stopped waiting.
     digest: u128,
+    /// The request's protobuf size, which bounds a batch's bytes.
+    bytes: usize,
     spans: Vec<SpanRow>,
     logs: Vec<LogRow>,
     /// Where the outcome goes: to the request and to any resend of it
@@ -198,15 +212,15 @@ impl Pipeline {
         Seen::New
     }
 
-    async fn submit(&self, digest: u128, spans: Vec<SpanRow>, logs: Vec<LogRow>) -> Result<(), SinkError> {
+    async fn submit(&self, (digest, bytes): (u128, usize), spans: Vec<SpanRow>, logs: Vec<LogRow>) -> Result<Accepted, SinkError> {
         let rows = spans.len() + logs.len();
         if rows == 0 {
-            return Ok(());
+            return Ok(Accepted::Stored);
         }
         // A resend of a stored request is done; of one being stored, waits for it.
         match self.seen(digest, None) {
-            Seen::Stored => return Ok(()),
-            Seen::InFlight(original) => return outcome(original).await,
+            Seen::Stored => return Ok(Accepted::AlreadyStored),
+            Seen::InFlight(original) => return outcome(original).await.map(|()| Accepted::AlreadyStored),
             Seen::New => {}
         }
         // Wait briefly for room, so a large request is not refused forever
@@ -219,16 +233,16 @@ impl Pipeline {
         let (ack, receiver) = watch::channel(None);
         // Another copy may have been stored or registered while this one waited for room.
         match self.seen(digest, Some(&receiver)) {
-            Seen::Stored => return Ok(()),
-            Seen::InFlight(original) => return outcome(original).await,
+            Seen::Stored => return Ok(Accepted::AlreadyStored),
+            Seen::InFlight(original) => return outcome(original).await.map(|()| Accepted::AlreadyStored),
             Seen::New => {}
         }
         metrics::QUEUED_RECORDS.add(rows as i64);
-        if self.queue.send(Submission { digest, spans, logs, ack, _permit: Some(permit) }).is_err() {
+        if self.queue.send(Submission { digest, bytes, spans, logs, ack, _permit: Some(permit) }).is_err() {
             self.ledger.lock().expect("ledger lock").in_flight.remove(&digest);
             return Err(unavailable("the writer has stopped"));
         }
-        outcome(receiver).await
+        outcome(receiver).await.map(|()| Accepted::Stored)
     }
 }
 
@@ -238,22 +252,23 @@ fn unavailable(err: impl std::fmt::Display) -> SinkError {
 
 /// A request's identity for recognizing a resend: CityHash128 of its
 /// protobuf encoding (the same for every OTLP encoding of the same data)
-/// and its source.
-fn digest(message: &impl Message, source: &str) -> u128 {
+/// and its source; with the size of that encoding.
+fn digest(message: &impl Message, source: &str) -> (u128, usize) {
     let mut bytes = message.encode_to_vec();
+    let size = bytes.len();
     bytes.extend_from_slice(source.as_bytes());
-    cityhash_rs::cityhash_102_128(&bytes)
+    (cityhash_rs::cityhash_102_128(&bytes), size)
 }
 
 impl Sink for Pipeline {
-    async fn accept_traces(&self, request: ExportTraceServiceRequest, source: String) -> Result<(), SinkError> {
+    async fn accept_traces(&self, request: ExportTraceServiceRequest, source: String) -> Result<Accepted, SinkError> {
         let (digest, rows) = tokio::task::spawn_blocking(move || (digest(&request, &source), span_rows(&request, &source)))
             .await
             .map_err(unavailable)?;
         self.submit(digest, rows, Vec::new()).await
     }
 
-    async fn accept_logs(&self, request: ExportLogsServiceRequest, source: String) -> Result<(), SinkError> {
+    async fn accept_logs(&self, request: ExportLogsServiceRequest, source: String) -> Result<Accepted, SinkError> {
         let (digest, rows) = tokio::task::spawn_blocking(move || (digest(&request, &source), log_rows(&request, &source)))
             .await
             .map_err(unavailable)?;
@@ -306,8 +321,9 @@ async fn write_batches(
         // load and a lone exporter is not held back by a timer.
         let deadline = Instant::now() + config.flush_interval;
         let mut rows = first.rows();
+        let mut bytes = first.bytes;
         let mut batch = vec![first];
-        while rows < config.max_batch_rows {
+        while rows < config.max_batch_rows && bytes < config.max_batch_bytes {
             let next = match queue.try_recv() {
                 Ok(next) => next,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -318,10 +334,12 @@ async fn write_batches(
                 },
             };
             rows += next.rows();
+            bytes += next.bytes;
             batch.push(next);
         }
         let token = format!("waybill-{run:x}-{}", BATCH.fetch_add(1, Ordering::Relaxed));
         metrics::BATCH_RECORDS.observe(rows as f64);
+        metrics::BATCH_BYTES.observe(bytes as f64);
         // A submission is one request, so one signal: logs, or else spans.
         let carries_logs: Vec<bool> = batch.iter().map(|s| !s.logs.is_empty()).collect();
         let spans: Vec<SpanRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.spans)).collect();

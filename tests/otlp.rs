@@ -215,6 +215,13 @@ async fn otlp_json_is_accepted_and_bad_input_is_refused_with_the_right_status() 
         let response = service.post(path, &headers, &body).await;
         assert_eq!(response.status, status, "{path} {headers:?}: {}", response.text());
     }
+    // An oversize body is answered with a Status in the request's encoding, like any refusal.
+    let too_large = service.post("/v1/traces", &json, &vec![b' '; 70_000]).await;
+    assert_eq!(too_large.header("Content-Type"), Some("application/json"));
+    let status: serde_json::Value = serde_json::from_slice(&too_large.body).unwrap();
+    assert_eq!(status["code"], 8, "{status}");
+    assert!(status["message"].as_str().unwrap().contains("over the limit of 65536 bytes"), "{status}");
+
     // A gzip bomb: 8 MiB of zeros compressed to a few KiB, over the 1 MiB limit.
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     std::io::Write::write_all(&mut encoder, &vec![0u8; 8 << 20]).unwrap();
@@ -578,4 +585,31 @@ async fn waybill_exports_its_own_traces_when_asked() {
         .await
         .unwrap();
     assert!(names.contains(&"otlp.export".to_owned()) && names.contains(&"write_batch".to_owned()), "{names:?}");
+}
+
+/// Refusals tonic makes before our receiver sees the request are counted
+/// too: an oversize message and a metrics export.
+#[tokio::test]
+async fn grpc_refusals_made_by_the_codec_are_counted() {
+    use opentelemetry_proto::tonic::collector::metrics::v1::{metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest};
+    use opentelemetry_proto::tonic::collector::trace::v1::{trace_service_client::TraceServiceClient, ExportTraceServiceRequest};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    let service = start("otlp-grpc-refusals").await;
+    let endpoint = format!("http://{}", service.grpc);
+    let span = Span { trace_id: vec![1; 16], span_id: vec![2; 8], name: "x".repeat(2 << 20), ..Default::default() };
+    let oversize = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }], ..Default::default() }],
+    };
+    let mut traces = TraceServiceClient::connect(endpoint.clone()).await.unwrap();
+    let refused = traces.export(oversize).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    let mut metrics = MetricsServiceClient::connect(endpoint).await.unwrap();
+    let refused = metrics.export(ExportMetricsServiceRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+
+    let exposition = common::http(SocketAddr::from(([127, 0, 0, 1], service.http)), "GET", "/metrics", &[], b"").await.text();
+    let name = "waybill_collector_refused_requests_total";
+    assert_eq!(metric(&exposition, name, &[("signal", "traces"), ("protocol", "grpc"), ("reason", "too_large")]), Some(1.0));
+    assert_eq!(metric(&exposition, name, &[("signal", "metrics"), ("protocol", "grpc"), ("reason", "unsupported")]), Some(1.0));
 }

@@ -6,7 +6,9 @@
 //! retryable only when RetryInfo says so, and exporters drop data otherwise.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
@@ -97,10 +99,64 @@ pub async fn serve<S: Sink>(
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes);
     tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(CountCodecRefusals))
         .add_service(traces)
         .add_service(logs)
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown)
         .await
+}
+
+/// Counts the refusals tonic makes before a request reaches a receiver:
+/// undecodable messages (INTERNAL), oversize ones (OUT_OF_RANGE), and
+/// unsupported compression or services (UNIMPLEMENTED). The receivers' own
+/// refusals use other codes and are counted where they are made.
+#[derive(Clone)]
+struct CountCodecRefusals<S>(S);
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for CountCodecRefusals<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let signal = if path.starts_with("/opentelemetry.proto.collector.trace.") {
+            "traces"
+        } else if path.starts_with("/opentelemetry.proto.collector.logs.") {
+            "logs"
+        } else if path.starts_with("/opentelemetry.proto.collector.metrics.") {
+            "metrics"
+        } else {
+            "other"
+        };
+        let response = self.0.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            if let Some(reason) = codec_refusal(response.headers()) {
+                metrics::refused(signal, "grpc", reason, 0);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The refusal reason of a trailers-only response tonic made itself.
+fn codec_refusal(headers: &axum::http::HeaderMap) -> Option<&'static str> {
+    let code: i32 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    match tonic::Code::from_i32(code) {
+        tonic::Code::Internal => Some("decode"),
+        tonic::Code::OutOfRange => Some("too_large"),
+        tonic::Code::Unimplemented => Some("unsupported"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

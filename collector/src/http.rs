@@ -13,6 +13,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -254,10 +255,23 @@ fn success<T: Message + serde::Serialize>(response: T, encoding: Encoding) -> Re
 }
 
 /// `POST /v1/traces` and `/v1/logs`: one handler per signal type.
-async fn export<S: Sink, T: Signal>(State(receiver): State<Arc<Receiver<S>>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn export<S: Sink, T: Signal>(
+    State(receiver): State<Arc<Receiver<S>>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
         let encoding = request_encoding(&headers)?;
         let source = identify(&receiver.sources, &headers, encoding)?;
+        // Refused here rather than by axum, so the answer is a Status in the request's encoding.
+        let body = body.map_err(|rejection| match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                encoding,
+                format!("the body is over the limit of {} bytes", receiver.limits.max_body_bytes),
+            ),
+            _ => Refusal::new(StatusCode::BAD_REQUEST, encoding, format!("the body could not be read: {}", rejection.body_text())),
+        })?;
         let content_encoding = headers.get(header::CONTENT_ENCODING).cloned();
         let request: T = decode(content_encoding, body, receiver.limits, encoding, T::NAME).await?;
         match signal::export(receiver.sink.as_ref(), request, source, &receiver.limits.attributes, "http").await {

@@ -17,4 +17,4 @@ pub mod validate;
 
 pub use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-pub use sink::{Sink, SinkError};
+pub use sink::{Accepted, Sink, SinkError};

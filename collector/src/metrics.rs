@@ -15,11 +15,21 @@ pub static ACCEPTED_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Records of resent requests, acknowledged without being stored again.
+pub static RESENT_RECORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "waybill_collector_resent_records_total",
+        "Spans and log records in resends of stored requests, acknowledged without being stored twice",
+        &["signal", "protocol"]
+    )
+    .expect("metric registers once")
+});
+
 /// Requests refused, by signal, protocol and reason.
 pub static REFUSED_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "waybill_collector_refused_requests_total",
-        "OTLP requests refused, by reason: decode, content_type, encoding, too_large, busy, unavailable",
+        "OTLP requests refused, by reason: decode, content_type, encoding, too_large, unauthenticated, unsupported (gRPC), busy, unavailable",
         &["signal", "protocol", "reason"]
     )
     .expect("metric registers once")
@@ -73,6 +83,7 @@ pub(crate) fn invalid(signal: &str, protocol: &str, records: u64) {
 /// Makes every collector metric visible from the start, at zero.
 pub fn register() {
     LazyLock::force(&ACCEPTED_RECORDS);
+    LazyLock::force(&RESENT_RECORDS);
     LazyLock::force(&REFUSED_REQUESTS);
     LazyLock::force(&REFUSED_RECORDS);
     LazyLock::force(&TRUNCATED);

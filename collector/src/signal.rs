@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, 
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
 
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Accepted, Sink, SinkError};
 use crate::validate::{self, AttributeLimits, Rejected, Truncated};
 use crate::{metrics, ExportLogsServiceRequest, ExportTraceServiceRequest};
 
@@ -22,7 +22,7 @@ pub(crate) trait Signal: Message + Default + serde::de::DeserializeOwned + Send 
     fn limit(&mut self, limits: &AttributeLimits) -> Truncated;
     fn records(&self) -> u64;
     fn response(rejected: &Rejected) -> Self::Response;
-    fn accept<S: Sink>(self, sink: &S, source: String) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn accept<S: Sink>(self, sink: &S, source: String) -> impl Future<Output = Result<Accepted, SinkError>> + Send;
 }
 
 impl Signal for ExportTraceServiceRequest {
@@ -45,7 +45,7 @@ impl Signal for ExportTraceServiceRequest {
         });
         ExportTraceServiceResponse { partial_success }
     }
-    fn accept<S: Sink>(self, sink: &S, source: String) -> impl Future<Output = Result<(), SinkError>> + Send {
+    fn accept<S: Sink>(self, sink: &S, source: String) -> impl Future<Output = Result<Accepted, SinkError>> + Send {
         sink.accept_traces(self, source)
     }
 }
@@ -70,7 +70,7 @@ impl Signal for ExportLogsServiceRequest {
         });
         ExportLogsServiceResponse { partial_success }
     }
-    fn accept<S: Sink>(self, sink: &S, source: String) -> impl Future<Output = Result<(), SinkError>> + Send {
+    fn accept<S: Sink>(self, sink: &S, source: String) -> impl Future<Output = Result<Accepted, SinkError>> + Send {
         sink.accept_logs(self, source)
     }
 }
@@ -89,8 +89,12 @@ pub(crate) async fn export<T: Signal, S: Sink>(
     metrics::truncated(T::NAME, protocol, &request.limit(limits));
     let records = request.records();
     match request.accept(sink, source).await {
-        Ok(()) => {
-            metrics::ACCEPTED_RECORDS.with_label_values(&[T::NAME, protocol]).inc_by(records);
+        Ok(accepted) => {
+            let counter = match accepted {
+                Accepted::Stored => &metrics::ACCEPTED_RECORDS,
+                Accepted::AlreadyStored => &metrics::RESENT_RECORDS,
+            };
+            counter.with_label_values(&[T::NAME, protocol]).inc_by(records);
             Ok(T::response(&rejected))
         }
         Err(err) => {

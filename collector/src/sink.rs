@@ -17,6 +17,15 @@ pub enum SinkError {
     Unavailable { reason: String, retry_after: Duration },
 }
 
+/// How a sink took a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Its records are now stored.
+    Stored,
+    /// A copy was stored before (a client's resend); nothing was added.
+    AlreadyStored,
+}
+
 /// Takes decoded OTLP requests and makes them durable. `source` names the
 /// sending system (see [`crate::auth`]); empty when tokens are off.
 pub trait Sink: Send + Sync + 'static {
@@ -24,10 +33,10 @@ pub trait Sink: Send + Sync + 'static {
         &self,
         request: ExportTraceServiceRequest,
         source: String,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+    ) -> impl Future<Output = Result<Accepted, SinkError>> + Send;
     fn accept_logs(
         &self,
         request: ExportLogsServiceRequest,
         source: String,
-    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+    ) -> impl Future<Output = Result<Accepted, SinkError>> + Send;
 }

@@ -1,0 +1,112 @@
+//! The ingest pipeline's batching against the embedded engine: a batch is
+//! closed by its row or byte bound without waiting out the linger.
+
+mod common;
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use waybill::pipeline::{Pipeline, PipelineConfig};
+use waybill_collector::{Accepted, Sink};
+
+/// A request with `spans` spans of service `portal`.
+fn request(first: u8, spans: u8) -> ExportTraceServiceRequest {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let spans = (first..first + spans)
+        .map(|i| Span {
+            trace_id: vec![i; 16],
+            span_id: vec![i; 8],
+            name: format!("span {i}"),
+            start_time_unix_nano: now,
+            end_time_unix_nano: now + 1_000,
+            ..Default::default()
+        })
+        .collect();
+    let service = KeyValue {
+        key: "service.name".into(),
+        key_strindex: 0,
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue("portal".into())) }),
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource { attributes: vec![service], ..Default::default() }),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Sends two requests while the writer would linger far longer than the
+/// test waits: each is acknowledged only because a bound closed its batch.
+async fn bounded_batches_are_written_without_lingering(database: &str, config: PipelineConfig) {
+    let store = common::store(database).await;
+    let (pipeline, writer) = Pipeline::start(store.clone(), config);
+    for first in [1, 10] {
+        tokio::time::timeout(Duration::from_secs(60), pipeline.accept_traces(request(first, 3), "test".into()))
+            .await
+            .expect("the batch waited for its linger instead of closing at its bound")
+            .unwrap();
+    }
+    let count: Vec<u64> = store.fetch_all("SELECT count() FROM otel_traces").await.unwrap();
+    assert_eq!(count, [6]);
+    drop(pipeline);
+    writer.await.unwrap();
+    common::drop_database(&store).await;
+}
+
+const LINGER: Duration = Duration::from_secs(600);
+
+#[tokio::test]
+async fn a_batch_closes_at_its_byte_bound() {
+    let config = PipelineConfig { max_batch_bytes: 1, flush_interval: LINGER, ..PipelineConfig::default() };
+    bounded_batches_are_written_without_lingering("t_pipeline_bytes", config).await;
+}
+
+#[tokio::test]
+async fn a_batch_closes_at_its_row_bound() {
+    let config = PipelineConfig { max_batch_rows: 3, flush_interval: LINGER, ..PipelineConfig::default() };
+    bounded_batches_are_written_without_lingering("t_pipeline_rows", config).await;
+}
+
+/// Below both bounds, requests queued during the linger share one batch.
+#[tokio::test]
+async fn requests_within_the_linger_share_a_batch() {
+    let store = common::store("t_pipeline_linger").await;
+    let config = PipelineConfig { flush_interval: Duration::from_millis(1500), ..PipelineConfig::default() };
+    let (pipeline, writer) = Pipeline::start(store.clone(), config);
+    let (a, b) = tokio::join!(
+        pipeline.accept_traces(request(1, 2), "test".into()),
+        pipeline.accept_traces(request(20, 2), "test".into())
+    );
+    a.unwrap();
+    b.unwrap();
+    // One INSERT wrote all four rows: they share one part.
+    let parts: Vec<(u64, u64)> = store
+        .fetch_all("SELECT count(), sum(rows) FROM system.parts WHERE database = currentDatabase() AND table = 'otel_traces' AND active")
+        .await
+        .unwrap();
+    assert_eq!(parts, [(1, 4)]);
+    drop(pipeline);
+    writer.await.unwrap();
+    common::drop_database(&store).await;
+}
+
+/// A resend of a stored request is acknowledged as such and adds no rows.
+#[tokio::test]
+async fn a_resend_of_a_stored_request_is_not_stored_again() {
+    let store = common::store("t_pipeline_resend").await;
+    let (pipeline, writer) = Pipeline::start(store.clone(), PipelineConfig::default());
+    let sent = request(1, 2);
+    assert_eq!(pipeline.accept_traces(sent.clone(), "erp".into()).await.unwrap(), Accepted::Stored);
+    assert_eq!(pipeline.accept_traces(sent.clone(), "erp".into()).await.unwrap(), Accepted::AlreadyStored);
+    // The same records from another source are another request.
+    assert_eq!(pipeline.accept_traces(sent, "wms".into()).await.unwrap(), Accepted::Stored);
+    let count: Vec<u64> = store.fetch_all("SELECT count() FROM otel_traces").await.unwrap();
+    assert_eq!(count, [4]);
+    drop(pipeline);
+    writer.await.unwrap();
+    common::drop_database(&store).await;
+}
