@@ -3,6 +3,7 @@
 //! SQL endpoint, and on SIGTERM or Ctrl-C stops accepting, finishes requests
 //! (each acknowledged only once written) and closes the store.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +48,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
     tracing::info!(address = %listener.local_addr()?, "web server listening (/healthz, /readyz, /metrics)");
-    let mut servers = vec![tokio::spawn(serve_until(listener, app, shutdown_rx.clone()))];
+    let mut servers = Servers::new();
+    servers.spawn("web server", serve_until(listener, app, shutdown_rx.clone()));
 
     let limits = HttpLimits {
         max_body_bytes: config.otlp.max_body_bytes,
@@ -61,7 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (otlp.http_listen)", config.otlp.http_listen))?;
     tracing::info!(address = %listener.local_addr()?, "OTLP/HTTP receiver listening (/v1/traces, /v1/logs)");
-    servers.push(tokio::spawn(serve_until(listener, otlp, shutdown_rx.clone())));
+    servers.spawn("OTLP/HTTP receiver", serve_until(listener, otlp, shutdown_rx.clone()));
 
     let listener = TcpListener::bind(config.otlp.grpc_listen)
         .await
@@ -70,12 +72,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut grpc_shutdown = shutdown_rx.clone();
     let max_message_bytes = config.otlp.max_decompressed_bytes;
     let grpc_sink = sink.clone();
-    servers.push(tokio::spawn(async move {
+    servers.spawn("OTLP/gRPC receiver", async move {
         let shutdown = async move {
             let _ = grpc_shutdown.wait_for(|stop| *stop).await;
         };
         waybill_collector::grpc::serve(listener, grpc_sink, max_message_bytes, limits.attributes, sources, shutdown).await.context("OTLP/gRPC receiver failed")
-    }));
+    });
 
     if config.sql_endpoint.enabled {
         let engine = store.engine().cloned().context("the SQL endpoint needs the embedded store")?;
@@ -85,19 +87,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} (sql_endpoint.listen)", config.sql_endpoint.listen))?;
         tracing::info!(address = %listener.local_addr()?, "read-only ClickHouse HTTP endpoint listening");
-        servers.push(tokio::spawn(serve_until(listener, router, shutdown_rx.clone())));
+        servers.spawn("SQL endpoint", serve_until(listener, router, shutdown_rx.clone()));
     }
 
-    shutdown_signal().await;
+    // Runs until asked to stop, or until a server stops by itself: then
+    // the service is not whole, so it stops cleanly and says why.
+    let mut first_error = tokio::select! {
+        () = shutdown_signal() => None,
+        name = servers.first_stopped() => {
+            tracing::error!(server = name, "stopped unexpectedly; shutting down");
+            Some(anyhow::anyhow!("the {name} stopped unexpectedly"))
+        }
+    };
     tracing::info!("shutting down: finishing requests");
     let _ = shutdown_tx.send(true);
     // Wait for every server, even if one failed, so nothing is cut short.
-    let mut first_error = None;
-    for server in servers {
-        let result = server.await.context("web server task failed").and_then(|served| served);
+    for result in servers.join().await {
         if let Err(err) = result {
             tracing::error!(error = %format!("{err:#}"), "server stopped with an error");
-            first_error.get_or_insert(err);
+            first_error = Some(first_error.unwrap_or(err));
         }
     }
     // The receivers are gone; the writer stores what is queued, then ends.
@@ -107,6 +115,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     first_error.map_or(Ok(()), Err)
+}
+
+/// The service's servers: each runs until shutdown, and one that ends
+/// before it is reported.
+struct Servers {
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    stopped_tx: tokio::sync::mpsc::UnboundedSender<&'static str>,
+    stopped: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+}
+
+impl Servers {
+    fn new() -> Self {
+        let (stopped_tx, stopped) = tokio::sync::mpsc::unbounded_channel();
+        Servers { tasks: Vec::new(), stopped_tx, stopped }
+    }
+
+    fn spawn(&mut self, name: &'static str, server: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
+        let stopped = self.stopped_tx.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let result = server.await;
+            let _ = stopped.send(name);
+            result.with_context(|| format!("{name} failed"))
+        }));
+    }
+
+    /// The name of the first server to end.
+    async fn first_stopped(&mut self) -> &'static str {
+        self.stopped.recv().await.unwrap_or("server")
+    }
+
+    /// Waits for every server and returns how each ended.
+    async fn join(self) -> Vec<anyhow::Result<()>> {
+        let mut results = Vec::new();
+        for task in self.tasks {
+            results.push(task.await.context("a server task panicked").and_then(|served| served));
+        }
+        results
+    }
 }
 
 async fn serve_until(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
