@@ -24,6 +24,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
+    pub lineage: waybill_lineage::LineageConfig,
 }
 
 /// Waybill's own traces.
@@ -267,6 +268,7 @@ impl Config {
     /// Checks what serde cannot; messages say which setting to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.lineage.validate().map_err(ConfigError::Invalid)?;
         if self.sql_endpoint.enabled {
             if self.store.mode != waybill_store::StoreMode::Embedded {
                 return Err(ConfigError::Invalid(

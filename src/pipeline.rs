@@ -15,8 +15,13 @@
 //! - requests stored recently are remembered by digest, so a client
 //!   resending one whose answer it lost is acknowledged without a write, and
 //!   a resend arriving while the original is still queued waits for it.
+//!
+//! Business extraction happens here too: each request's records go through
+//! the lineage mapping rules on the way in, their business events are
+//! written with the batch (`biz_events`), and the lineage resolver is told
+//! which traces got new ones.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +32,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument;
 use waybill_collector::{Accepted, ExportLogsServiceRequest, ExportTraceServiceRequest, Sink, SinkError};
-use waybill_store::{LogRow, SpanRow, Store};
+use waybill_lineage::{Extractor, Notifier};
+use waybill_store::{BizEventRow, LogRow, SpanRow, Store};
 
 /// How the writer batches and how much it may hold.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +131,8 @@ struct Submission {
     bytes: usize,
     spans: Vec<SpanRow>,
     logs: Vec<LogRow>,
+    /// The business events of those records.
+    business: Vec<BizEventRow>,
     /// Where the outcome goes: to the request and to any resend of it
     /// waiting meanwhile.
     ack: watch::Sender<Outcome>,
@@ -170,6 +178,7 @@ const QUEUE_WAIT: Duration = Duration::from_millis(500);
 /// The collector's sink: converts, queues, and waits for the batch.
 pub struct Pipeline {
     queue: mpsc::UnboundedSender<Submission>,
+    extractor: Arc<Extractor>,
     budget: Arc<Semaphore>,
     max_queued_rows: usize,
     ledger: Arc<Mutex<Ledger>>,
@@ -177,8 +186,14 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts the writer task; it ends, after writing what is queued, once
-    /// the pipeline is dropped.
-    pub fn start(store: Store, config: PipelineConfig) -> (Arc<Pipeline>, tokio::task::JoinHandle<()>) {
+    /// the pipeline is dropped. `extractor` finds the business events of
+    /// each request; `resolver`, if any, is told the traces that got some.
+    pub fn start(
+        store: Store,
+        config: PipelineConfig,
+        extractor: Extractor,
+        resolver: Option<Notifier>,
+    ) -> (Arc<Pipeline>, tokio::task::JoinHandle<()>) {
         // The channel itself is unbounded; the row budget bounds it.
         let (queue, receiver) = mpsc::unbounded_channel();
         let max_queued_rows = config.max_queued_rows.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
@@ -188,11 +203,12 @@ impl Pipeline {
         }));
         let pipeline = Arc::new(Pipeline {
             queue,
+            extractor: Arc::new(extractor),
             budget: Arc::new(Semaphore::new(max_queued_rows)),
             max_queued_rows,
             ledger: ledger.clone(),
         });
-        let writer = tokio::spawn(write_batches(store, receiver, config, ledger));
+        let writer = tokio::spawn(write_batches(store, receiver, config, ledger, resolver));
         (pipeline, writer)
     }
 
@@ -212,7 +228,7 @@ impl Pipeline {
         Seen::New
     }
 
-    async fn submit(&self, (digest, bytes): (u128, usize), spans: Vec<SpanRow>, logs: Vec<LogRow>) -> Result<Accepted, SinkError> {
+    async fn submit(&self, (digest, bytes): (u128, usize), spans: Vec<SpanRow>, logs: Vec<LogRow>, business: Vec<BizEventRow>) -> Result<Accepted, SinkError> {
         let rows = spans.len() + logs.len();
         if rows == 0 {
             return Ok(Accepted::Stored);
@@ -238,7 +254,7 @@ impl Pipeline {
             Seen::New => {}
         }
         metrics::QUEUED_RECORDS.add(rows as i64);
-        if self.queue.send(Submission { digest, bytes, spans, logs, ack, _permit: Some(permit) }).is_err() {
+        if self.queue.send(Submission { digest, bytes, spans, logs, business, ack, _permit: Some(permit) }).is_err() {
             self.ledger.lock().expect("ledger lock").in_flight.remove(&digest);
             return Err(unavailable("the writer has stopped"));
         }
@@ -262,17 +278,27 @@ fn digest(message: &impl Message, source: &str) -> (u128, usize) {
 
 impl Sink for Pipeline {
     async fn accept_traces(&self, request: ExportTraceServiceRequest, source: String) -> Result<Accepted, SinkError> {
-        let (digest, rows) = tokio::task::spawn_blocking(move || (digest(&request, &source), span_rows(&request, &source)))
-            .await
-            .map_err(unavailable)?;
-        self.submit(digest, rows, Vec::new()).await
+        let extractor = self.extractor.clone();
+        let (digest, rows, business) = tokio::task::spawn_blocking(move || {
+            let rows = span_rows(&request, &source);
+            let business = extractor.spans(&rows);
+            (digest(&request, &source), rows, business)
+        })
+        .await
+        .map_err(unavailable)?;
+        self.submit(digest, rows, Vec::new(), business).await
     }
 
     async fn accept_logs(&self, request: ExportLogsServiceRequest, source: String) -> Result<Accepted, SinkError> {
-        let (digest, rows) = tokio::task::spawn_blocking(move || (digest(&request, &source), log_rows(&request, &source)))
-            .await
-            .map_err(unavailable)?;
-        self.submit(digest, Vec::new(), rows).await
+        let extractor = self.extractor.clone();
+        let (digest, rows, business) = tokio::task::spawn_blocking(move || {
+            let rows = log_rows(&request, &source);
+            let business = extractor.logs(&rows);
+            (digest(&request, &source), rows, business)
+        })
+        .await
+        .map_err(unavailable)?;
+        self.submit(digest, Vec::new(), rows, business).await
     }
 }
 
@@ -311,6 +337,7 @@ async fn write_batches(
     mut queue: mpsc::UnboundedReceiver<Submission>,
     config: PipelineConfig,
     ledger: Arc<Mutex<Ledger>>,
+    resolver: Option<Notifier>,
 ) {
     static BATCH: AtomicU64 = AtomicU64::new(0);
     // Tokens must not repeat across restarts within the dedup window.
@@ -353,10 +380,28 @@ async fn write_batches(
         }
         .instrument(span)
         .await;
+        // The business events of the stored records; a request is answered
+        // once they are stored too.
+        let stored: Vec<bool> = carries_logs.iter().map(|&logs| if logs { logs_result.is_ok() } else { spans_result.is_ok() }).collect();
+        let business: Vec<BizEventRow> = batch
+            .iter_mut()
+            .zip(&stored)
+            .filter(|(_, stored)| **stored)
+            .flat_map(|(s, _)| std::mem::take(&mut s.business))
+            .collect();
+        let business_result = write_table(&store, "biz_events", &business, &format!("{token}-biz"), config.retry_for).await;
+        if let (Ok(()), Some(resolver)) = (&business_result, &resolver) {
+            let traces: BTreeSet<&str> = business.iter().map(|row| row.trace_id.as_str()).collect();
+            if !traces.is_empty() {
+                // The resolver may have stopped (shutdown); it catches up on start.
+                let _ = resolver.send(traces.into_iter().map(str::to_owned).collect());
+            }
+        }
         metrics::QUEUED_RECORDS.sub(rows as i64);
         let mut ledger = ledger.lock().expect("ledger lock");
         for (submission, carries_logs) in batch.into_iter().zip(carries_logs) {
             let result = if carries_logs { logs_result.clone() } else { spans_result.clone() };
+            let result = result.and_then(|()| business_result.clone());
             if result.is_ok() {
                 ledger.stored.insert(submission.digest);
             }

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use waybill_collector::http::HttpLimits;
 use waybill_store::http_interface::{self, Access};
+use waybill_lineage::Resolver;
 use waybill_store::Store;
 
 use crate::config::Config;
@@ -39,15 +40,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState { store: store.clone(), migrated };
     waybill_collector::metrics::register();
     crate::pipeline::register_metrics();
+    waybill_lineage::resolve::register_metrics();
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state);
+        .with_state(state)
+        .merge(waybill_lineage::api::router(store.clone()));
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "web server listening (/healthz, /readyz, /metrics)");
+    tracing::info!(address = %listener.local_addr()?, "web server listening (/healthz, /readyz, /metrics, /api/v1/transactions)");
     let mut servers = Servers::new();
     servers.spawn("web server", serve_until(listener, app, shutdown_rx.clone()));
 
@@ -56,7 +59,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_decompressed_bytes: config.otlp.max_decompressed_bytes,
         attributes: config.otlp.attribute_limits(),
     };
-    let (sink, writer) = Pipeline::start(store.clone(), config.pipeline.settings());
+    // The resolver outlives the writer, so it sees the last batches too.
+    let resolver = Resolver::new(store.clone(), config.lineage.clone()).map_err(anyhow::Error::msg)?;
+    let (notifier, notifications) = tokio::sync::mpsc::unbounded_channel();
+    let (resolver_stop, resolver_stopped) = watch::channel(false);
+    let resolver = tokio::spawn(resolver.run(notifications, resolver_stopped));
+    let extractor = waybill_lineage::Extractor::new(&config.lineage);
+    let (sink, writer) = Pipeline::start(store.clone(), config.pipeline.settings(), extractor, Some(notifier));
     let sources = config.otlp.sources();
     let otlp = waybill_collector::http::router(sink.clone(), limits, sources.clone());
     let listener = TcpListener::bind(config.otlp.http_listen)
@@ -111,6 +120,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The receivers are gone; the writer stores what is queued, then ends.
     drop(sink);
     writer.await.context("the writer task failed")?;
+    let _ = resolver_stop.send(true);
+    resolver.await.context("the lineage resolver failed")?;
     migration.abort();
     store.close().await;
     tracing::info!("stopped");

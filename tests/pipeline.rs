@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use waybill::pipeline::{Pipeline, PipelineConfig};
 use waybill_collector::{Accepted, Sink};
+use waybill_lineage::{Extractor, LineageConfig};
 
 /// A request with `spans` spans of service `portal`.
 fn request(first: u8, spans: u8) -> ExportTraceServiceRequest {
@@ -39,11 +40,15 @@ fn request(first: u8, spans: u8) -> ExportTraceServiceRequest {
     }
 }
 
+fn start(store: &waybill_store::Store, config: PipelineConfig) -> (std::sync::Arc<Pipeline>, tokio::task::JoinHandle<()>) {
+    Pipeline::start(store.clone(), config, Extractor::new(&LineageConfig::default()), None)
+}
+
 /// Sends two requests while the writer would linger far longer than the
 /// test waits: each is acknowledged only because a bound closed its batch.
 async fn bounded_batches_are_written_without_lingering(database: &str, config: PipelineConfig) {
     let store = common::store(database).await;
-    let (pipeline, writer) = Pipeline::start(store.clone(), config);
+    let (pipeline, writer) = start(&store, config);
     for first in [1, 10] {
         tokio::time::timeout(Duration::from_secs(60), pipeline.accept_traces(request(first, 3), "test".into()))
             .await
@@ -76,7 +81,7 @@ async fn a_batch_closes_at_its_row_bound() {
 async fn requests_within_the_linger_share_a_batch() {
     let store = common::store("t_pipeline_linger").await;
     let config = PipelineConfig { flush_interval: Duration::from_millis(1500), ..PipelineConfig::default() };
-    let (pipeline, writer) = Pipeline::start(store.clone(), config);
+    let (pipeline, writer) = start(&store, config);
     let (a, b) = tokio::join!(
         pipeline.accept_traces(request(1, 2), "test".into()),
         pipeline.accept_traces(request(20, 2), "test".into())
@@ -98,7 +103,7 @@ async fn requests_within_the_linger_share_a_batch() {
 #[tokio::test]
 async fn a_resend_of_a_stored_request_is_not_stored_again() {
     let store = common::store("t_pipeline_resend").await;
-    let (pipeline, writer) = Pipeline::start(store.clone(), PipelineConfig::default());
+    let (pipeline, writer) = start(&store, PipelineConfig::default());
     let sent = request(1, 2);
     assert_eq!(pipeline.accept_traces(sent.clone(), "erp".into()).await.unwrap(), Accepted::Stored);
     assert_eq!(pipeline.accept_traces(sent.clone(), "erp".into()).await.unwrap(), Accepted::AlreadyStored);

@@ -23,7 +23,7 @@ use clickhouse::{Client, RowOwned, RowRead, RowWrite};
 pub use config::{StoreConfig, StoreMode};
 pub use engine::{Engine, EngineError};
 pub use error::StoreError;
-pub use rows::{LogRow, SpanRow};
+pub use rows::{BizEventRow, EdgeRow, KeyTraceRow, LogRow, ProgressRow, SpanRow, TransactionKeyRow, TransactionRow};
 pub use schema::SchemaTarget;
 
 /// A connection to Waybill's ClickHouse, in either mode.
@@ -136,6 +136,9 @@ impl Store {
     where
         T: RowOwned + RowWrite,
     {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let action = || format!("insert into {table}");
         let mut insert = self.client.insert::<T>(table).await.map_err(StoreError::clickhouse(action()))?;
         if let Some(token) = token {

@@ -50,6 +50,18 @@ pub const MIGRATIONS: &[Migration] = &[
                 .collect()
         },
     },
+    Migration {
+        version: 4,
+        name: "business lineage tables",
+        statements: |target| {
+            let mut statements = target.create_table(&schema::BIZ_EVENTS);
+            statements.extend(target.enable_insert_deduplication(&schema::BIZ_EVENTS));
+            for table in schema::LINEAGE_DERIVED_TABLES {
+                statements.extend(target.create_table(table));
+            }
+            statements
+        },
+    },
 ];
 
 /// The newest schema version this build knows.

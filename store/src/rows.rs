@@ -95,3 +95,132 @@ pub struct LogRow {
     #[serde(rename = "WaybillSource")]
     pub source: String,
 }
+
+/// One row of `biz_events` (`Ingested` is filled by its DEFAULT).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Row, Serialize, Deserialize)]
+pub struct BizEventRow {
+    #[serde(rename = "TraceId")]
+    pub trace_id: String,
+    /// `span`, `event` (a span event), `log`, or `presence` (a system seen in the trace).
+    #[serde(rename = "Record")]
+    pub record: String,
+    #[serde(rename = "SpanId")]
+    pub span_id: String,
+    /// The span event's position in its span; 0 otherwise.
+    #[serde(rename = "RecordIndex")]
+    pub record_index: u32,
+    #[serde(rename = "Time")]
+    pub time_ns: i64,
+    /// When the source system says the business event happened.
+    #[serde(rename = "SourceTime")]
+    pub source_time_ns: i64,
+    #[serde(rename = "Milestone")]
+    pub milestone: String,
+    #[serde(rename = "System")]
+    pub system: String,
+    #[serde(rename = "Outcome")]
+    pub outcome: String,
+    #[serde(rename = "KeyKinds")]
+    pub key_kinds: Vec<String>,
+    #[serde(rename = "KeyValues")]
+    pub key_values: Vec<String>,
+    #[serde(rename = "LinkedTraceIds")]
+    pub linked_trace_ids: Vec<String>,
+    #[serde(rename = "Source")]
+    pub source: String,
+}
+
+/// One direction of an edge of the key graph (`biz_edges`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Row, Serialize, Deserialize)]
+pub struct EdgeRow {
+    #[serde(rename = "Kind")]
+    pub kind: String,
+    #[serde(rename = "Value")]
+    pub value: String,
+    /// Towards later kinds (order → invoice); false: towards earlier ones.
+    #[serde(rename = "Down")]
+    pub down: bool,
+    #[serde(rename = "OtherKind")]
+    pub other_kind: String,
+    #[serde(rename = "OtherValue")]
+    pub other_value: String,
+}
+
+/// A key and a trace it belongs to (`biz_key_traces`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Row, Serialize, Deserialize)]
+pub struct KeyTraceRow {
+    #[serde(rename = "Kind")]
+    pub kind: String,
+    #[serde(rename = "Value")]
+    pub value: String,
+    #[serde(rename = "TraceId")]
+    pub trace_id: String,
+}
+
+/// One version of a business transaction (`transactions`). Milestones and
+/// overdue milestones are parallel arrays.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Row, Serialize, Deserialize)]
+pub struct TransactionRow {
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "RootKind")]
+    pub root_kind: String,
+    #[serde(rename = "RootValue")]
+    pub root_value: String,
+    #[serde(rename = "State")]
+    pub state: String,
+    #[serde(rename = "KeyKinds")]
+    pub key_kinds: Vec<String>,
+    #[serde(rename = "KeyValues")]
+    pub key_values: Vec<String>,
+    #[serde(rename = "Systems")]
+    pub systems: Vec<String>,
+    #[serde(rename = "MilestoneNames")]
+    pub milestone_names: Vec<String>,
+    #[serde(rename = "MilestoneSystems")]
+    pub milestone_systems: Vec<String>,
+    #[serde(rename = "MilestoneTimes")]
+    pub milestone_times_ns: Vec<i64>,
+    #[serde(rename = "MilestoneOutcomes")]
+    pub milestone_outcomes: Vec<String>,
+    #[serde(rename = "MilestoneTraceIds")]
+    pub milestone_trace_ids: Vec<String>,
+    #[serde(rename = "MilestoneSpanIds")]
+    pub milestone_span_ids: Vec<String>,
+    #[serde(rename = "OverdueMilestones")]
+    pub overdue_milestones: Vec<String>,
+    #[serde(rename = "OverdueDue")]
+    pub overdue_due_ns: Vec<i64>,
+    /// When the state changes next by time alone (a deadline); 0: never.
+    #[serde(rename = "NextDue")]
+    pub next_due_ns: i64,
+    #[serde(rename = "Started")]
+    pub started_ns: i64,
+    #[serde(rename = "Updated")]
+    pub updated_ns: i64,
+    #[serde(rename = "Version")]
+    pub version: u64,
+}
+
+/// A key of a transaction (`transaction_keys`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Row, Serialize, Deserialize)]
+pub struct TransactionKeyRow {
+    #[serde(rename = "Value")]
+    pub value: String,
+    #[serde(rename = "Kind")]
+    pub kind: String,
+    #[serde(rename = "Id")]
+    pub id: String,
+}
+
+/// The resolver's progress (`lineage_progress`).
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct ProgressRow {
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Microseconds since the epoch (`DateTime64(6)`).
+    #[serde(rename = "ResolvedBefore")]
+    pub resolved_before_us: i64,
+    #[serde(rename = "Version")]
+    pub version: u64,
+}

@@ -24,6 +24,9 @@ pub enum EngineKind {
     AggregatingMergeTree,
     /// ReplacingMergeTree with the given version column.
     ReplacingMergeTree(&'static str),
+    /// ReplacingMergeTree without a version: rows equal in the sorting key
+    /// are one row.
+    Deduplicating,
 }
 
 /// One table, engine-agnostic.
@@ -155,6 +158,134 @@ pub const SCHEMA_MIGRATIONS: TableDef = TableDef {
     shard_key: "Version",
 };
 
+/// Business events: one row per span, span event or log record that
+/// carries a business key or milestone, as the lineage mapping rules read
+/// it; plus one presence row per trace and system, so a system that sent
+/// nothing but plain spans still shows in its transaction. Rows of a resent
+/// record collapse by the sorting key; readers dedup until merges do.
+pub const BIZ_EVENTS: TableDef = TableDef {
+    name: "biz_events",
+    columns: "
+    TraceId String CODEC(ZSTD(1)),
+    Record LowCardinality(String),
+    SpanId String CODEC(ZSTD(1)),
+    RecordIndex UInt32,
+    Time DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    SourceTime DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    Milestone LowCardinality(String),
+    System LowCardinality(String),
+    Outcome LowCardinality(String),
+    KeyKinds Array(LowCardinality(String)),
+    KeyValues Array(String) CODEC(ZSTD(1)),
+    LinkedTraceIds Array(String) CODEC(ZSTD(1)),
+    Source LowCardinality(String),
+    Ingested DateTime64(6) DEFAULT now64(6),
+    INDEX idx_linked LinkedTraceIds TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_ingested Ingested TYPE minmax GRANULARITY 1",
+    engine: EngineKind::ReplacingMergeTree("Ingested"),
+    keys: "PARTITION BY toYYYYMM(Time)
+ORDER BY (TraceId, Record, SpanId, RecordIndex, Milestone, System)",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(TraceId)",
+};
+
+/// The key graph: an edge between two keys of different kinds that belong
+/// together, stored in both directions (`Down` towards later kinds).
+pub const BIZ_EDGES: TableDef = TableDef {
+    name: "biz_edges",
+    columns: "
+    Kind LowCardinality(String),
+    Value String CODEC(ZSTD(1)),
+    Down Bool,
+    OtherKind LowCardinality(String),
+    OtherValue String CODEC(ZSTD(1))",
+    engine: EngineKind::Deduplicating,
+    keys: "ORDER BY (Value, Kind, Down, OtherKind, OtherValue)",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(Value)",
+};
+
+/// Which traces a key belongs to (its own records and those that inherit it).
+pub const BIZ_KEY_TRACES: TableDef = TableDef {
+    name: "biz_key_traces",
+    columns: "
+    Kind LowCardinality(String),
+    Value String CODEC(ZSTD(1)),
+    TraceId String CODEC(ZSTD(1))",
+    engine: EngineKind::Deduplicating,
+    keys: "ORDER BY (Value, Kind, TraceId)",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(Value)",
+};
+
+/// One row per business transaction (newest `Version` wins): its root key,
+/// state, keys, systems and milestones as the resolver last computed them.
+pub const TRANSACTIONS: TableDef = TableDef {
+    name: "transactions",
+    columns: "
+    Id String,
+    RootKind LowCardinality(String),
+    RootValue String,
+    State LowCardinality(String),
+    KeyKinds Array(LowCardinality(String)),
+    KeyValues Array(String),
+    Systems Array(LowCardinality(String)),
+    MilestoneNames Array(LowCardinality(String)),
+    MilestoneSystems Array(LowCardinality(String)),
+    MilestoneTimes Array(DateTime64(9)),
+    MilestoneOutcomes Array(LowCardinality(String)),
+    MilestoneTraceIds Array(String),
+    MilestoneSpanIds Array(String),
+    OverdueMilestones Array(LowCardinality(String)),
+    OverdueDue Array(DateTime64(9)),
+    NextDue DateTime64(9),
+    Started DateTime64(9),
+    Updated DateTime64(9),
+    Version UInt64,
+    INDEX idx_next_due NextDue TYPE minmax GRANULARITY 1,
+    INDEX idx_state State TYPE set(8) GRANULARITY 1",
+    engine: EngineKind::ReplacingMergeTree("Version"),
+    keys: "ORDER BY Id",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(Id)",
+};
+
+/// Key → transaction, for finding a transaction by any of its keys.
+pub const TRANSACTION_KEYS: TableDef = TableDef {
+    name: "transaction_keys",
+    columns: "
+    Value String,
+    Kind LowCardinality(String),
+    Id String",
+    engine: EngineKind::Deduplicating,
+    keys: "ORDER BY (Value, Kind, Id)",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(Value)",
+};
+
+/// How far the lineage resolver has got: every business event ingested
+/// before `ResolvedBefore` has been resolved.
+pub const LINEAGE_PROGRESS: TableDef = TableDef {
+    name: "lineage_progress",
+    columns: "
+    Name LowCardinality(String),
+    ResolvedBefore DateTime64(6),
+    Version UInt64",
+    engine: EngineKind::ReplacingMergeTree("Version"),
+    keys: "ORDER BY Name",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(Name)",
+};
+
+/// Tables the lineage resolver derives from `biz_events`; a rebuild empties them.
+pub const LINEAGE_DERIVED_TABLES: &[TableDef] = &[BIZ_EDGES, BIZ_KEY_TRACES, TRANSACTIONS, TRANSACTION_KEYS, LINEAGE_PROGRESS];
+
 impl SchemaTarget {
     fn db(&self) -> String {
         quote_identifier(&self.database)
@@ -192,6 +323,7 @@ impl SchemaTarget {
         let engine = match (&self.cluster, table.engine) {
             (None, EngineKind::MergeTree) => "MergeTree()".to_owned(),
             (None, EngineKind::AggregatingMergeTree) => "AggregatingMergeTree()".to_owned(),
+            (None, EngineKind::Deduplicating) => "ReplacingMergeTree()".to_owned(),
             (None, EngineKind::ReplacingMergeTree(version)) => format!("ReplacingMergeTree({version})"),
             (Some(_), kind) => {
                 // Macros {shard}, {replica}, {database}, {table} come from each
@@ -200,6 +332,7 @@ impl SchemaTarget {
                 match kind {
                     EngineKind::MergeTree => format!("ReplicatedMergeTree({path})"),
                     EngineKind::AggregatingMergeTree => format!("ReplicatedAggregatingMergeTree({path})"),
+                    EngineKind::Deduplicating => format!("ReplicatedReplacingMergeTree({path})"),
                     EngineKind::ReplacingMergeTree(version) => format!("ReplicatedReplacingMergeTree({path}, {version})"),
                 }
             }

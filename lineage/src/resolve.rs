@@ -1,0 +1,516 @@
+//! The resolver: turns stored business events into the key graph and the
+//! transactions table, as events arrive and as deadlines pass.
+//!
+//! For the traces it is told about it reads their events (and those of
+//! traces they link to or are linked from), writes the links and the
+//! key → trace index, finds the root keys upstream of every key touched,
+//! and recomputes those transactions from their whole downstream closure.
+//! Everything it writes is derived and idempotent, so reprocessing a trace
+//! is harmless and `lineage rebuild` can recompute it all.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use waybill_store::sql::quote_string;
+use waybill_store::{BizEventRow, EdgeRow, KeyTraceRow, ProgressRow, Store, StoreError, TransactionKeyRow, TransactionRow};
+
+use crate::config::{LineageConfig, Step};
+use crate::graph::{self, Key};
+use crate::journey::{self, Milestone};
+
+/// Values per `IN (...)` list, well under ClickHouse's query size limit.
+const CHUNK: usize = 1000;
+/// Events ingested this long before the recorded progress are looked at
+/// again after a restart: their notification may not have been handled.
+const CATCH_UP_MARGIN: Duration = Duration::from_secs(300);
+const PROGRESS_NAME: &str = "resolver";
+
+/// Where the pipeline tells the resolver which traces got new business events.
+pub type Notifier = mpsc::UnboundedSender<Vec<String>>;
+
+/// What one resolve step did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    pub traces: usize,
+    pub events: usize,
+    pub transactions: usize,
+}
+
+pub struct Resolver {
+    store: Store,
+    config: LineageConfig,
+    journeys: HashMap<String, Vec<Step>>,
+    last_version: u64,
+}
+
+/// The events of some traces, read once per step.
+#[derive(Default)]
+struct Traces {
+    events: BTreeMap<String, Vec<BizEventRow>>,
+    shared: BTreeMap<String, BTreeSet<Key>>,
+}
+
+impl Traces {
+    fn insert(&mut self, trace: String, events: Vec<BizEventRow>) {
+        self.shared.insert(trace.clone(), graph::shared_keys(&events));
+        self.events.insert(trace, events);
+    }
+
+    fn shared(&self, trace: &str) -> BTreeSet<Key> {
+        self.shared.get(trace).cloned().unwrap_or_default()
+    }
+}
+
+impl Resolver {
+    pub fn new(store: Store, config: LineageConfig) -> Result<Self, String> {
+        config.validate()?;
+        let journeys = config.kinds.iter().map(|kind| Ok((kind.clone(), config.journey(kind)?))).collect::<Result<_, String>>()?;
+        Ok(Resolver { store, config, journeys, last_version: 0 })
+    }
+
+    /// Runs until `shutdown`: resolves the traces the pipeline names, and
+    /// advances transactions whose deadlines pass. After a restart it first
+    /// resolves what was ingested since its recorded progress.
+    pub async fn run(mut self, mut notifications: mpsc::UnboundedReceiver<Vec<String>>, mut shutdown: watch::Receiver<bool>) {
+        let mut pending: BTreeSet<String> = BTreeSet::new();
+        let mut caught_up = false;
+        loop {
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(self.config.resolve_interval()) => false,
+                _ = shutdown.wait_for(|stop| *stop) => true,
+            };
+            let started = now_us();
+            while let Ok(traces) = notifications.try_recv() {
+                pending.extend(traces);
+            }
+            if !caught_up {
+                match self.catch_up().await {
+                    Ok(resolved) => {
+                        caught_up = true;
+                        if resolved.traces > 0 {
+                            tracing::info!(traces = resolved.traces, transactions = resolved.transactions, "lineage caught up");
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "lineage catch-up failed; retrying"),
+                }
+            }
+            metrics::PENDING_TRACES.set(pending.len() as i64);
+            if !pending.is_empty() {
+                let timer = metrics::RESOLVE_SECONDS.start_timer();
+                match self.resolve_traces(&pending, now_ns()).await {
+                    Ok(resolved) => {
+                        timer.observe_duration();
+                        metrics::RESOLVED_EVENTS.inc_by(resolved.events as u64);
+                        metrics::TRANSACTIONS_WRITTEN.inc_by(resolved.transactions as u64);
+                        pending.clear();
+                        metrics::PENDING_TRACES.set(0);
+                    }
+                    Err(err) => {
+                        timer.stop_and_discard();
+                        tracing::warn!(error = %err, traces = pending.len(), "lineage not resolved; retrying");
+                    }
+                }
+            }
+            match self.advance_deadlines(now_ns()).await {
+                Ok(changed) => metrics::TRANSACTIONS_WRITTEN.inc_by(changed as u64),
+                Err(err) => tracing::warn!(error = %err, "deadlines not checked; retrying"),
+            }
+            if caught_up && pending.is_empty() {
+                if let Err(err) = self.save_progress(started).await {
+                    tracing::warn!(error = %err, "lineage progress not recorded");
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Resolves every trace with events ingested since the recorded
+    /// progress (less a margin).
+    pub async fn catch_up(&mut self) -> Result<Resolved, StoreError> {
+        let progress: Vec<i64> = self
+            .store
+            .fetch_all(&format!("SELECT ResolvedBefore FROM lineage_progress FINAL WHERE Name = {}", quote_string(PROGRESS_NAME)))
+            .await?;
+        let since_us = progress.first().map_or(0, |us| us - CATCH_UP_MARGIN.as_micros() as i64);
+        let traces: Vec<String> = self
+            .store
+            .fetch_all(&format!(
+                "SELECT DISTINCT TraceId FROM biz_events WHERE Ingested >= fromUnixTimestamp64Micro({since_us}) ORDER BY TraceId"
+            ))
+            .await?;
+        self.resolve_in_chunks(traces, |_, _| {}).await
+    }
+
+    /// Resolves `traces` a few thousand at a time, reporting progress.
+    pub async fn resolve_in_chunks(&mut self, traces: Vec<String>, mut progress: impl FnMut(usize, usize)) -> Result<Resolved, StoreError> {
+        let mut total = Resolved::default();
+        for (i, chunk) in traces.chunks(5 * CHUNK).enumerate() {
+            let chunk: BTreeSet<String> = chunk.iter().cloned().collect();
+            let resolved = self.resolve_traces(&chunk, now_ns()).await?;
+            total.traces += resolved.traces;
+            total.events += resolved.events;
+            total.transactions += resolved.transactions;
+            progress((i * 5 * CHUNK + chunk.len()).min(traces.len()), traces.len());
+        }
+        Ok(total)
+    }
+
+    /// Links the keys of `traces` and recomputes every transaction they touch.
+    pub async fn resolve_traces(&mut self, traces: &BTreeSet<String>, now_ns: i64) -> Result<Resolved, StoreError> {
+        let mut loaded = Traces::default();
+        self.load(&mut loaded, traces.iter().cloned().collect()).await?;
+        // Traces these link to, and traces whose records link to these.
+        let outgoing: BTreeSet<String> = loaded.events.values().flatten().flat_map(|e| e.linked_trace_ids.iter().cloned()).collect();
+        let incoming = self.traces_linking_to(traces).await?;
+        let extra = outgoing.union(&incoming).filter(|t| !loaded.events.contains_key(*t)).cloned().collect();
+        self.load(&mut loaded, extra).await?;
+
+        let mut edges = BTreeSet::new();
+        let mut key_traces = BTreeSet::new();
+        let mut touched: BTreeSet<Key> = BTreeSet::new();
+        let mut events = 0;
+        for trace in traces.iter().chain(incoming.iter()) {
+            let Some(trace_events) = loaded.events.get(trace) else { continue };
+            let shared = loaded.shared(trace);
+            for event in trace_events {
+                events += 1;
+                let keys = graph::effective_keys(event, &shared);
+                graph::edges_among(&keys, &self.config, &mut edges);
+                for linked in &event.linked_trace_ids {
+                    graph::edges_between(&keys, &loaded.shared(linked), &self.config, &mut edges);
+                    touched.extend(loaded.shared(linked));
+                }
+                for (kind, value) in &keys {
+                    key_traces.insert(KeyTraceRow { kind: kind.clone(), value: value.clone(), trace_id: trace.clone() });
+                }
+                touched.extend(keys);
+            }
+        }
+        let edges: Vec<EdgeRow> = edges.into_iter().collect();
+        let key_traces: Vec<KeyTraceRow> = key_traces.into_iter().collect();
+        self.store.insert("biz_edges", &edges).await?;
+        self.store.insert("biz_key_traces", &key_traces).await?;
+
+        let roots = self.roots_upstream_of(touched).await?;
+        let transactions = self.recompute(&roots, &mut loaded, now_ns).await?;
+        Ok(Resolved { traces: traces.len(), events, transactions })
+    }
+
+    /// Reads the events of `traces` not read yet, one copy of each record.
+    async fn load(&self, loaded: &mut Traces, traces: Vec<String>) -> Result<(), StoreError> {
+        let wanted: Vec<String> = traces.into_iter().filter(|t| !loaded.events.contains_key(t)).collect();
+        let mut found: BTreeMap<String, Vec<BizEventRow>> = BTreeMap::new();
+        for chunk in wanted.chunks(CHUNK) {
+            let rows: Vec<BizEventRow> = self
+                .store
+                .fetch_all(&format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({})", list(chunk)))
+                .await?;
+            for row in rows {
+                found.entry(row.trace_id.clone()).or_default().push(row);
+            }
+        }
+        for trace in wanted {
+            let mut events = found.remove(&trace).unwrap_or_default();
+            // Copies of a resent record (until merges collapse them) count once.
+            events.sort_by(|a, b| identity(a).cmp(&identity(b)));
+            events.dedup_by(|a, b| identity(a) == identity(b));
+            loaded.insert(trace, events);
+        }
+        Ok(())
+    }
+
+    async fn traces_linking_to(&self, traces: &BTreeSet<String>) -> Result<BTreeSet<String>, StoreError> {
+        let mut linking = BTreeSet::new();
+        let traces: Vec<String> = traces.iter().cloned().collect();
+        for chunk in traces.chunks(CHUNK) {
+            let rows: Vec<String> = self
+                .store
+                .fetch_all(&format!("SELECT DISTINCT TraceId FROM biz_events WHERE hasAny(LinkedTraceIds, [{}])", list(chunk)))
+                .await?;
+            linking.extend(rows);
+        }
+        Ok(linking)
+    }
+
+    /// The root-kind keys upstream of `keys` (and those among them).
+    async fn roots_upstream_of(&self, keys: BTreeSet<Key>) -> Result<BTreeSet<Key>, StoreError> {
+        let root_kind = &self.config.root_kind;
+        let root_rank = self.config.rank(root_kind);
+        let mut roots = BTreeSet::new();
+        // Keys of kinds not in the order (sku, partner) lead nowhere.
+        let mut frontier: BTreeSet<Key> = keys.into_iter().filter(|k| self.config.rank(&k.0) < self.config.kinds.len()).collect();
+        let mut seen = frontier.clone();
+        while !frontier.is_empty() {
+            let mut next = BTreeSet::new();
+            for key in &frontier {
+                if &key.0 == root_kind {
+                    roots.insert(key.clone());
+                }
+            }
+            let climbing: Vec<Key> = frontier.into_iter().filter(|k| self.config.rank(&k.0) > root_rank).collect();
+            for edge in self.edges(&climbing, false).await? {
+                let key = (edge.other_kind, edge.other_value);
+                if self.config.rank(&key.0) >= root_rank && seen.insert(key.clone()) {
+                    next.insert(key);
+                }
+            }
+            frontier = next;
+        }
+        Ok(roots)
+    }
+
+    /// Edges from `keys` in one direction.
+    async fn edges(&self, keys: &[Key], down: bool) -> Result<Vec<EdgeRow>, StoreError> {
+        let mut edges = Vec::new();
+        for chunk in keys.chunks(CHUNK) {
+            let rows: Vec<EdgeRow> = self
+                .store
+                .fetch_all(&format!(
+                    "SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({}) AND Down = {down}",
+                    key_list(chunk)
+                ))
+                .await?;
+            edges.extend(rows);
+        }
+        Ok(edges)
+    }
+
+    /// Recomputes and writes the transactions rooted at `roots`.
+    async fn recompute(&mut self, roots: &BTreeSet<Key>, loaded: &mut Traces, now_ns: i64) -> Result<usize, StoreError> {
+        if roots.is_empty() {
+            return Ok(0);
+        }
+        // The downstream graph below the roots, one level per query.
+        let mut down: BTreeMap<Key, BTreeSet<Key>> = BTreeMap::new();
+        let mut seen: BTreeSet<Key> = roots.clone();
+        let mut frontier: Vec<Key> = roots.iter().cloned().collect();
+        while !frontier.is_empty() {
+            let mut next = Vec::new();
+            for edge in self.edges(&frontier, true).await? {
+                let (from, to) = ((edge.kind, edge.value), (edge.other_kind, edge.other_value));
+                down.entry(from).or_default().insert(to.clone());
+                if seen.insert(to.clone()) {
+                    next.push(to);
+                }
+            }
+            frontier = next;
+        }
+        // The traces of every key in any closure.
+        let all_keys: Vec<Key> = seen.into_iter().collect();
+        let mut traces_of: BTreeMap<Key, BTreeSet<String>> = BTreeMap::new();
+        for chunk in all_keys.chunks(CHUNK) {
+            let rows: Vec<KeyTraceRow> = self
+                .store
+                .fetch_all(&format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({})", key_list(chunk)))
+                .await?;
+            for row in rows {
+                traces_of.entry((row.kind, row.value)).or_default().insert(row.trace_id);
+            }
+        }
+        let needed: Vec<String> = traces_of.values().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        self.load(loaded, needed).await?;
+
+        let mut rows = Vec::new();
+        let mut keys = Vec::new();
+        for root in roots {
+            let closure = graph::closure(root, &down);
+            let traces: BTreeSet<&String> = closure.iter().filter_map(|k| traces_of.get(k)).flatten().collect();
+            let row = self.assemble(root, &closure, &traces, loaded, now_ns);
+            keys.extend(closure.iter().map(|(kind, value)| TransactionKeyRow { value: value.clone(), kind: kind.clone(), id: row.id.clone() }));
+            rows.push(row);
+        }
+        self.store.insert("transaction_keys", &keys).await?;
+        self.store.insert("transactions", &rows).await?;
+        Ok(rows.len())
+    }
+
+    /// One transaction from the events of its traces that belong to its keys.
+    fn assemble(&mut self, root: &Key, closure: &BTreeSet<Key>, traces: &BTreeSet<&String>, loaded: &Traces, now_ns: i64) -> TransactionRow {
+        let mut included: Vec<&BizEventRow> = Vec::new();
+        for trace in traces {
+            let shared = loaded.shared(trace);
+            for event in loaded.events.get(*trace).into_iter().flatten() {
+                // A record belongs by its own keys, a record without any by its trace's.
+                let own: BTreeSet<Key> = graph::own_keys(event).collect();
+                let keys = if own.is_empty() { &shared } else { &own };
+                if keys.iter().any(|k| closure.contains(k)) {
+                    included.push(event);
+                }
+            }
+        }
+        included.sort_by_key(|e| (e.source_time_ns, e.time_ns));
+        let mut milestones: Vec<Milestone> = included
+            .iter()
+            .filter(|e| !e.milestone.is_empty())
+            .map(|e| Milestone {
+                name: e.milestone.clone(),
+                system: e.system.clone(),
+                time_ns: e.source_time_ns,
+                outcome: e.outcome.clone(),
+                trace_id: e.trace_id.clone(),
+                span_id: e.span_id.clone(),
+            })
+            .collect();
+        milestones.dedup();
+        let mut systems: Vec<String> = Vec::new();
+        for event in &included {
+            if !event.system.is_empty() && !systems.contains(&event.system) {
+                systems.push(event.system.clone());
+            }
+        }
+        let journey = self.journeys.get(&root.0).map(Vec::as_slice).unwrap_or_default();
+        let evaluation = journey::evaluate(journey, &milestones, now_ns);
+        let mut ordered: Vec<&Key> = closure.iter().collect();
+        ordered.sort_by_key(|k| (self.config.rank(&k.0), &k.0, &k.1));
+        TransactionRow {
+            id: transaction_id(root),
+            root_kind: root.0.clone(),
+            root_value: root.1.clone(),
+            state: evaluation.state.as_str().to_owned(),
+            key_kinds: ordered.iter().map(|k| k.0.clone()).collect(),
+            key_values: ordered.iter().map(|k| k.1.clone()).collect(),
+            systems,
+            milestone_names: milestones.iter().map(|m| m.name.clone()).collect(),
+            milestone_systems: milestones.iter().map(|m| m.system.clone()).collect(),
+            milestone_times_ns: milestones.iter().map(|m| m.time_ns).collect(),
+            milestone_outcomes: milestones.iter().map(|m| m.outcome.clone()).collect(),
+            milestone_trace_ids: milestones.iter().map(|m| m.trace_id.clone()).collect(),
+            milestone_span_ids: milestones.iter().map(|m| m.span_id.clone()).collect(),
+            overdue_milestones: evaluation.overdue.iter().map(|o| o.0.clone()).collect(),
+            overdue_due_ns: evaluation.overdue.iter().map(|o| o.1).collect(),
+            next_due_ns: evaluation.next_due_ns,
+            started_ns: included.first().map_or(0, |e| e.source_time_ns),
+            updated_ns: included.iter().map(|e| e.source_time_ns.max(e.time_ns)).max().unwrap_or(0),
+            version: self.next_version(),
+        }
+    }
+
+    /// Re-evaluates transactions whose next deadline has passed; returns
+    /// how many changed state.
+    pub async fn advance_deadlines(&mut self, now_ns: i64) -> Result<usize, StoreError> {
+        let due: Vec<String> = self
+            .store
+            .fetch_all(&format!("SELECT DISTINCT Id FROM transactions WHERE NextDue > 0 AND NextDue <= fromUnixTimestamp64Nano({now_ns})"))
+            .await?;
+        let mut changed = Vec::new();
+        for chunk in due.chunks(CHUNK) {
+            let rows: Vec<TransactionRow> = self
+                .store
+                .fetch_all(&format!(
+                    "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE Id IN ({}) ORDER BY Version DESC LIMIT 1 BY Id",
+                    list(chunk)
+                ))
+                .await?;
+            for mut row in rows.into_iter().filter(|r| r.next_due_ns > 0 && r.next_due_ns <= now_ns) {
+                let journey = self.journeys.get(&row.root_kind).map(Vec::as_slice).unwrap_or_default();
+                let evaluation = journey::evaluate(journey, &milestones_of(&row), now_ns);
+                row.state = evaluation.state.as_str().to_owned();
+                row.overdue_milestones = evaluation.overdue.iter().map(|o| o.0.clone()).collect();
+                row.overdue_due_ns = evaluation.overdue.iter().map(|o| o.1).collect();
+                row.next_due_ns = evaluation.next_due_ns;
+                row.version = self.next_version();
+                changed.push(row);
+            }
+        }
+        self.store.insert("transactions", &changed).await?;
+        Ok(changed.len())
+    }
+
+    async fn save_progress(&self, resolved_before_us: i64) -> Result<(), StoreError> {
+        let row = ProgressRow { name: PROGRESS_NAME.into(), resolved_before_us, version: now_ns() as u64 };
+        self.store.insert("lineage_progress", &[row]).await
+    }
+
+    /// Versions only grow, even if the clock steps back.
+    fn next_version(&mut self) -> u64 {
+        self.last_version = (now_ns() as u64).max(self.last_version + 1);
+        self.last_version
+    }
+}
+
+/// The columns of [`BizEventRow`], in its field order.
+pub const EVENT_COLUMNS: &str =
+    "TraceId, Record, SpanId, RecordIndex, Time, SourceTime, Milestone, System, Outcome, KeyKinds, KeyValues, LinkedTraceIds, Source";
+
+/// The columns of [`TransactionRow`], in its field order.
+pub const TRANSACTION_COLUMNS: &str = "Id, RootKind, RootValue, State, KeyKinds, KeyValues, Systems, MilestoneNames, MilestoneSystems, \
+     MilestoneTimes, MilestoneOutcomes, MilestoneTraceIds, MilestoneSpanIds, OverdueMilestones, OverdueDue, NextDue, Started, Updated, Version";
+
+/// What makes two stored rows the same record (the table's sorting key).
+fn identity(event: &BizEventRow) -> (&str, &str, &str, u32, &str, &str) {
+    (&event.trace_id, &event.record, &event.span_id, event.record_index, &event.milestone, &event.system)
+}
+
+/// The milestones stored on a transaction row.
+pub fn milestones_of(row: &TransactionRow) -> Vec<Milestone> {
+    (0..row.milestone_names.len())
+        .map(|i| Milestone {
+            name: row.milestone_names[i].clone(),
+            system: row.milestone_systems.get(i).cloned().unwrap_or_default(),
+            time_ns: row.milestone_times_ns.get(i).copied().unwrap_or_default(),
+            outcome: row.milestone_outcomes.get(i).cloned().unwrap_or_default(),
+            trace_id: row.milestone_trace_ids.get(i).cloned().unwrap_or_default(),
+            span_id: row.milestone_span_ids.get(i).cloned().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// A transaction's id: stable for its root key.
+pub fn transaction_id(root: &Key) -> String {
+    let identity = format!("{}\u{0}{}", root.0, root.1);
+    format!("{:032x}", cityhash_rs::cityhash_102_128(identity.as_bytes()))
+}
+
+fn list(values: &[String]) -> String {
+    values.iter().map(|v| quote_string(v)).collect::<Vec<_>>().join(", ")
+}
+
+fn key_list(keys: &[Key]) -> String {
+    keys.iter().map(|(kind, value)| format!("({}, {})", quote_string(value), quote_string(kind))).collect::<Vec<_>>().join(", ")
+}
+
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn now_us() -> i64 {
+    now_ns() / 1000
+}
+
+mod metrics {
+    //! The resolver's Prometheus metrics (default registry).
+    use std::sync::LazyLock;
+
+    use prometheus::{register_histogram, register_int_counter, register_int_gauge, Histogram, IntCounter, IntGauge};
+
+    pub static PENDING_TRACES: LazyLock<IntGauge> = LazyLock::new(|| {
+        register_int_gauge!("waybill_lineage_pending_traces", "Traces with new business events not resolved yet").expect("metric registers once")
+    });
+    pub static RESOLVED_EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!("waybill_lineage_resolved_events_total", "Business events read by resolve steps").expect("metric registers once")
+    });
+    pub static TRANSACTIONS_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!("waybill_lineage_transactions_written_total", "Transaction versions written (new events or passed deadlines)")
+            .expect("metric registers once")
+    });
+    pub static RESOLVE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+        register_histogram!(
+            "waybill_lineage_resolve_duration_seconds",
+            "Time of one resolve step",
+            vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+        )
+        .expect("metric registers once")
+    });
+
+    pub fn register() {
+        LazyLock::force(&PENDING_TRACES);
+        LazyLock::force(&RESOLVED_EVENTS);
+        LazyLock::force(&TRANSACTIONS_WRITTEN);
+        LazyLock::force(&RESOLVE_SECONDS);
+    }
+}
+
+pub use metrics::register as register_metrics;
