@@ -2,6 +2,8 @@
 //! `serve` wiring, used by the binary in `main.rs` and by benchmarks.
 
 pub mod config;
+pub mod demo;
+pub mod lineage;
 pub mod pipeline;
 pub mod serve;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! `waybill`: business transaction lineage over OpenTelemetry, stored in
-//! ClickHouse. Subcommands: `serve` (default), `migrate`, `check-config`.
+//! ClickHouse. Subcommands: `serve` (default), `migrate`, `check-config`,
+//! `lineage explain`, `lineage rebuild`, `demo`.
 
 
 use std::path::PathBuf;
@@ -29,6 +30,28 @@ enum Command {
     Migrate,
     /// Validate the config (file and WAYBILL_* overrides) and print it.
     CheckConfig,
+    /// Business lineage tools: test mapping rules, rebuild lineage.
+    Lineage {
+        #[command(subcommand)]
+        command: LineageCommand,
+    },
+    /// Send a continuous, realistic distribution workload to a running Waybill.
+    Demo(waybill::demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum LineageCommand {
+    /// Print what every span, span event and log record of an OTLP/JSON
+    /// file (as exporters send to /v1/traces or /v1/logs) maps to under
+    /// the configured rules. Reads no store.
+    Explain { file: PathBuf },
+    /// Re-extract business events from the spans and log records stored in
+    /// the last SINCE (e.g. 7d, 12h) with the configured rules, and
+    /// recompute all lineage. With the embedded store, stop the service first.
+    Rebuild {
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,9 +64,21 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Serve);
-    if let Command::CheckConfig = command {
-        println!("config is valid:\n{:#?}", config.redacted());
-        return ExitCode::SUCCESS;
+    match &command {
+        Command::CheckConfig => {
+            println!("config is valid:\n{:#?}", config.redacted());
+            return ExitCode::SUCCESS;
+        }
+        Command::Lineage { command: LineageCommand::Explain { file } } => {
+            return match waybill::lineage::explain(&config.lineage, file, &mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("waybill: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -57,7 +92,9 @@ fn main() -> ExitCode {
         let result = match command {
             Command::Serve => serve::run(config).await,
             Command::Migrate => migrate(config).await,
-            Command::CheckConfig => unreachable!("handled above"),
+            Command::Lineage { command: LineageCommand::Rebuild { since } } => waybill::lineage::rebuild(config, since).await,
+            Command::Demo(args) => waybill::demo::run(args).await,
+            Command::CheckConfig | Command::Lineage { command: LineageCommand::Explain { .. } } => unreachable!("handled above"),
         };
         telemetry.shutdown().await;
         result

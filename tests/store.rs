@@ -9,13 +9,8 @@ use waybill_store::config::{Compression, ServerConfig};
 use waybill_store::http_interface::{self, Access};
 use waybill_store::{LogRow, SpanRow, Store, StoreConfig, StoreMode};
 
-const SPAN_COLUMNS: &str = "Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, \
-    ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, \
-    `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, \
-    `Links.TraceState`, `Links.Attributes`, WaybillSource";
-
-const LOG_COLUMNS: &str = "Timestamp, TraceId, SpanId, TraceFlags, SeverityText, SeverityNumber, ServiceName, Body, \
-    ResourceSchemaUrl, ResourceAttributes, ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes, LogAttributes, WaybillSource";
+const SPAN_COLUMNS: &str = SpanRow::COLUMNS;
+const LOG_COLUMNS: &str = LogRow::COLUMNS;
 
 /// A span whose strings hold what breaks naive encodings: blank lines
 /// (which cut chDB's inline insert data), tabs, quotes, NUL and non-ASCII.

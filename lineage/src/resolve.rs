@@ -419,7 +419,7 @@ impl Resolver {
         Ok(changed.len())
     }
 
-    async fn save_progress(&self, resolved_before_us: i64) -> Result<(), StoreError> {
+    pub(crate) async fn save_progress(&self, resolved_before_us: i64) -> Result<(), StoreError> {
         let row = ProgressRow { name: PROGRESS_NAME.into(), resolved_before_us, version: now_ns() as u64 };
         self.store.insert("lineage_progress", &[row]).await
     }

@@ -58,6 +58,14 @@ pub struct SpanRow {
     pub source: String,
 }
 
+impl SpanRow {
+    /// The columns of `otel_traces` in this struct's field order, for SELECTs.
+    pub const COLUMNS: &'static str = "Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, \
+        ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, \
+        `Events.Timestamp`, `Events.Name`, `Events.Attributes`, `Links.TraceId`, `Links.SpanId`, \
+        `Links.TraceState`, `Links.Attributes`, WaybillSource";
+}
+
 /// One log record in `otel_logs` (`TimestampTime` is filled by its DEFAULT).
 #[derive(Debug, Clone, PartialEq, Default, Row, Serialize, Deserialize)]
 pub struct LogRow {
@@ -94,6 +102,12 @@ pub struct LogRow {
     /// The sending system, from its token (Waybill's own column).
     #[serde(rename = "WaybillSource")]
     pub source: String,
+}
+
+impl LogRow {
+    /// The columns of `otel_logs` in this struct's field order, for SELECTs.
+    pub const COLUMNS: &'static str = "Timestamp, TraceId, SpanId, TraceFlags, SeverityText, SeverityNumber, ServiceName, Body, \
+        ResourceSchemaUrl, ResourceAttributes, ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes, LogAttributes, WaybillSource";
 }
 
 /// One row of `biz_events` (`Ingested` is filled by its DEFAULT).

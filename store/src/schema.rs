@@ -415,6 +415,22 @@ impl SchemaTarget {
             .collect()
     }
 
+    /// Empties a table (its local tables on a cluster).
+    pub fn truncate(&self, table: &TableDef) -> String {
+        format!("TRUNCATE TABLE IF EXISTS {}.{}{}", self.db(), quote_identifier(&self.storage_table(table)), self.on_cluster())
+    }
+
+    /// Deletes the rows matching `condition` and waits until they are gone
+    /// (on every replica of a cluster).
+    pub fn delete_where(&self, table: &TableDef, condition: &str) -> String {
+        format!(
+            "ALTER TABLE {}.{}{} DELETE WHERE {condition} SETTINGS mutations_sync = 2",
+            self.db(),
+            quote_identifier(&self.storage_table(table)),
+            self.on_cluster()
+        )
+    }
+
     /// Keeps the tokens of the last inserts so a retried insert with the
     /// same `insert_deduplication_token` is skipped. Replicated tables do
     /// this by default (`replicated_deduplication_window`); plain MergeTree

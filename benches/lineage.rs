@@ -1,0 +1,2 @@
+//! Lineage at scale (being written).
+fn main() {}
