@@ -101,6 +101,8 @@ pub struct Match {
     /// The span's name, the span event's name, or the log record's body.
     pub name: Option<String>,
     /// The span's status (span events have their span's); logs have none.
+    /// `ok` is any span that did not fail (status OK or unset), as
+    /// instrumentations rarely set OK.
     pub status: Option<StatusMatch>,
     /// Instrumentation scope name.
     pub scope: Option<String>,

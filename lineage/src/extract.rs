@@ -241,7 +241,11 @@ fn log_record(log: &LogRow) -> Record<'_> {
         time_ns: log.timestamp_ns,
         trace_id: trace_or_own(&log.trace_id, || format!("{}/{}/{}/{:?}", log.service_name, log.timestamp_ns, log.body, log.log_attributes)),
         span_id: &log.span_id,
-        index: 0,
+        // Tells apart records of one span, the same on every read of the record.
+        index: {
+            let identity = format!("{}/{}/{:?}", log.timestamp_ns, log.body, log.log_attributes);
+            cityhash_rs::cityhash_102_128(identity.as_bytes()) as u32
+        },
         links: &[],
         source: &log.source,
     }
@@ -264,7 +268,8 @@ fn matches(when: &Match, record: &Record<'_>) -> bool {
         && text(&when.name, record.name)
         && text(&when.scope, record.scope)
         && when.status.is_none_or(|status| match status {
-            StatusMatch::Ok => record.status == "Ok",
+            // Instrumentations rarely set OK: a span that did not fail succeeded.
+            StatusMatch::Ok => record.status == "Ok" || record.status == "Unset",
             StatusMatch::Error => record.status == "Error",
             StatusMatch::Unset => record.status == "Unset",
         })

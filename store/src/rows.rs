@@ -120,7 +120,8 @@ pub struct BizEventRow {
     pub record: String,
     #[serde(rename = "SpanId")]
     pub span_id: String,
-    /// The span event's position in its span; 0 otherwise.
+    /// The span event's position in its span (from 1); for a log record a
+    /// hash of its time, body and attributes; 0 for a span.
     #[serde(rename = "RecordIndex")]
     pub record_index: u32,
     #[serde(rename = "Time")]
