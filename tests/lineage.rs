@@ -4,189 +4,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::process::{free_port, text, wait_for_status, waybill, work_dir, Running};
-use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
-use opentelemetry::trace::{Link, SpanContext, Status, TraceContextExt, Tracer as _, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{LogExporter, Protocol, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::logs::SdkLoggerProvider;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use opentelemetry_sdk::Resource;
+use common::process::{text, waybill, work_dir};
+use common::sdk::{at, keys, log, span, Record, Systems};
+use common::service::Service;
 use serde_json::Value;
-
-/// A running service with a fast resolver.
-struct Service {
-    running: Running,
-    dir: std::path::PathBuf,
-    http: SocketAddr,
-    otlp: SocketAddr,
-}
-
-impl Service {
-    async fn start(name: &str, config: &str) -> Service {
-        let dir = work_dir(&format!("lineage-{name}"));
-        std::fs::write(dir.join("waybill.yaml"), config).unwrap();
-        Service::start_in(dir).await
-    }
-
-    async fn start_in(dir: std::path::PathBuf) -> Service {
-        let (http, otlp) = (free_port(), free_port());
-        let child = waybill(&dir)
-            .args(["--config", "waybill.yaml", "serve"])
-            .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
-            .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
-            .env("WAYBILL_LINEAGE__RESOLVE_INTERVAL_MS", "100")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let service = Service {
-            running: Running(child),
-            dir,
-            http: SocketAddr::from(([127, 0, 0, 1], http)),
-            otlp: SocketAddr::from(([127, 0, 0, 1], otlp)),
-        };
-        wait_for_status(http, "/readyz", 200, Duration::from_secs(60)).await;
-        service
-    }
-
-    /// Stops the service with SIGTERM, as an operator would.
-    async fn stop(mut self) -> std::path::PathBuf {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.running.0.id() as i32, libc::SIGTERM) };
-        let (status, service) = tokio::task::spawn_blocking(move || (self.running.0.wait().unwrap(), self)).await.unwrap();
-        assert!(status.success(), "serve exited with {status}");
-        service.dir.clone()
-    }
-
-    fn systems(&self) -> Systems {
-        Systems { endpoint: format!("http://{}", self.otlp) }
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let response = common::http(self.http, "GET", path, &[], b"").await;
-        (response.status, serde_json::from_slice(&response.body).unwrap_or(Value::Null))
-    }
-
-    /// The transactions with key `value`, once `done` holds for them (30 s at most).
-    async fn transactions_when(&self, value: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let start = Instant::now();
-        loop {
-            let (status, body) = self.get(&format!("/api/v1/transactions?key={}", common::encode(value))).await;
-            assert_eq!(status, 200, "{body}");
-            let found = body["transactions"].as_array().cloned().unwrap_or_default();
-            if done(&found) {
-                return found;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "transactions with key {value} never got there; last: {found:#?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The one transaction with key `value`, once it holds `keys` keys and is in `state`.
-    async fn transaction(&self, value: &str, keys: usize, state: &str) -> Value {
-        let found = self
-            .transactions_when(value, |found| found.len() == 1 && found[0]["keys"].as_array().map_or(0, Vec::len) == keys && found[0]["state"] == state)
-            .await;
-        found[0].clone()
-    }
-}
-
-/// The systems of a distributor, each an OpenTelemetry SDK with its own
-/// resource, exporting OTLP/HTTP protobuf as it is sent (simple processors).
-struct Systems {
-    endpoint: String,
-}
-
-/// What one system records.
-enum Record<'a> {
-    /// A span in a new trace, or in `parent`'s trace; `error` sets status ERROR.
-    Span { name: &'a str, attributes: Vec<KeyValue>, parent: Option<SpanContext>, error: bool, links: Vec<SpanContext>, events: Vec<(&'a str, Vec<KeyValue>)> },
-    /// A log record, inside `parent`'s span if given.
-    Log { body: &'a str, attributes: Vec<KeyValue>, parent: Option<SpanContext> },
-}
-
-fn span<'a>(name: &'a str, attributes: Vec<KeyValue>) -> Record<'a> {
-    Record::Span { name, attributes, parent: None, error: false, links: Vec::new(), events: Vec::new() }
-}
-
-fn log<'a>(body: &'a str, attributes: Vec<KeyValue>, parent: Option<SpanContext>) -> Record<'a> {
-    Record::Log { body, attributes, parent }
-}
-
-fn keys(pairs: &[(&str, &str)]) -> Vec<KeyValue> {
-    pairs.iter().map(|(k, v)| KeyValue::new(k.to_string(), v.to_string())).collect()
-}
-
-/// Nanoseconds since the epoch, `minutes` from now.
-fn at(minutes: i64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
-    (now + minutes * 60_000_000_000).to_string()
-}
-
-impl Systems {
-    /// `system` records `records` in order, each exported before the next;
-    /// returns the span context of each span (an invalid one for logs).
-    async fn send(&self, system: &str, records: Vec<Record<'static>>) -> Vec<SpanContext> {
-        let endpoint = self.endpoint.clone();
-        let system = system.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let resource = Resource::builder().with_service_name(system.clone()).build();
-            let spans = SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary).with_endpoint(format!("{endpoint}/v1/traces")).build().unwrap();
-            let logs = LogExporter::builder().with_http().with_protocol(Protocol::HttpBinary).with_endpoint(format!("{endpoint}/v1/logs")).build().unwrap();
-            let tracer_provider = SdkTracerProvider::builder().with_simple_exporter(spans).with_resource(resource.clone()).build();
-            let logger_provider = SdkLoggerProvider::builder().with_simple_exporter(logs).with_resource(resource).build();
-            let tracer = tracer_provider.tracer(system.clone());
-            let logger = logger_provider.logger(system.clone());
-            let mut contexts = Vec::new();
-            for record in records {
-                match record {
-                    Record::Span { name, attributes, parent, error, links, events } => {
-                        let parent_cx = parent.map_or_else(Context::new, |p| Context::new().with_remote_span_context(p));
-                        let builder = tracer
-                            .span_builder(name)
-                            .with_attributes(attributes)
-                            .with_links(links.into_iter().map(|l| Link::with_context(l)).collect());
-                        let span = tracer.build_with_context(builder, &parent_cx);
-                        let cx = parent_cx.with_span(span);
-                        let span = cx.span();
-                        for (event, attributes) in events {
-                            span.add_event(event, attributes);
-                        }
-                        if error {
-                            span.set_status(Status::error("failed"));
-                        }
-                        contexts.push(span.span_context().clone());
-                        span.end();
-                    }
-                    Record::Log { body, attributes, parent } => {
-                        let mut record = logger.create_log_record();
-                        record.set_severity_number(Severity::Info);
-                        record.set_body(AnyValue::from(body.to_owned()));
-                        for attribute in attributes {
-                            record.add_attribute(attribute.key.to_string(), attribute.value.to_string());
-                        }
-                        if let Some(parent) = &parent {
-                            record.set_trace_context(parent.trace_id(), parent.span_id(), Some(parent.trace_flags()));
-                        }
-                        logger.emit(record);
-                        contexts.push(SpanContext::empty_context());
-                    }
-                }
-            }
-            tracer_provider.shutdown().unwrap();
-            logger_provider.shutdown().unwrap();
-            contexts
-        })
-        .await
-        .unwrap()
-    }
-}
 
 fn key_values(transaction: &Value) -> Vec<String> {
     transaction["keys"].as_array().unwrap().iter().map(|k| format!("{}={}", k["kind"].as_str().unwrap(), k["value"].as_str().unwrap())).collect()
@@ -225,7 +49,7 @@ async fn send_order_flow(systems: &Systems, n: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_of_an_order_finds_its_whole_lineage_across_systems() {
-    let service = Service::start("translation", DEFAULT).await;
+    let service = Service::start("lineage-translation", DEFAULT).await;
     send_order_flow(&service.systems(), 100).await;
 
     let transaction = service.transaction("PO-100", 4, "completed").await;
@@ -279,7 +103,7 @@ lineage:
         order: { attribute: sap.bstkd }
       milestone: order.accepted
 "#;
-    let service = Service::start("rules", config).await;
+    let service = Service::start("lineage-rules", config).await;
     let systems = service.systems();
     systems.send("shop", vec![span("checkout cart", keys(&[("shop.order_id", "WEB-7")]))]).await;
     let erp = vec![Record::Span {
@@ -310,7 +134,7 @@ lineage:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_fans_out_to_two_shipments() {
-    let service = Service::start("split", DEFAULT).await;
+    let service = Service::start("lineage-split", DEFAULT).await;
     let systems = service.systems();
     systems.send("portal", vec![span("POST /orders", keys(&[("biz.key.order", "PO-200"), ("biz.milestone", "order.captured")]))]).await;
     systems.send("erp", vec![span("accept", keys(&[("biz.key.order", "PO-200"), ("biz.key.sales_order", "SO-200"), ("biz.milestone", "order.accepted")]))]).await;
@@ -344,7 +168,7 @@ async fn one_order_fans_out_to_two_shipments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_orders_on_one_invoice_share_it_and_stay_separate() {
-    let service = Service::start("shared-invoice", DEFAULT).await;
+    let service = Service::start("lineage-shared-invoice", DEFAULT).await;
     let systems = service.systems();
     for order in ["PO-301", "PO-302"] {
         systems.send("portal", vec![span("POST /orders", keys(&[("biz.key.order", order), ("biz.milestone", "order.captured")]))]).await;
@@ -371,7 +195,7 @@ async fn two_orders_on_one_invoice_share_it_and_stay_separate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arriving_out_of_order_still_join_in_business_time_order() {
-    let service = Service::start("out-of-order", DEFAULT).await;
+    let service = Service::start("lineage-out-of-order", DEFAULT).await;
     let systems = service.systems();
     // Billing reports first, the order is captured last; source times tell the real order.
     let when = |minutes: i64| at(minutes);
@@ -398,7 +222,7 @@ async fn events_arriving_out_of_order_still_join_in_business_time_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_resent_by_a_retrying_exporter_counts_once() {
-    let service = Service::start("resend", DEFAULT).await;
+    let service = Service::start("lineage-resend", DEFAULT).await;
     let now = at(0);
     let body = format!(
         r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"portal"}}}}]}},
@@ -424,7 +248,7 @@ async fn a_batch_resent_by_a_retrying_exporter_counts_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_order_and_a_failed_invoice_posting_fail_their_transactions() {
-    let service = Service::start("failures", DEFAULT).await;
+    let service = Service::start("lineage-failures", DEFAULT).await;
     let systems = service.systems();
     systems.send("portal", vec![span("POST /orders", keys(&[("biz.key.order", "PO-601"), ("biz.milestone", "order.captured")]))]).await;
     systems
@@ -461,7 +285,7 @@ lineage:
       - milestone: order.accepted
         within: 3s
 "#;
-    let service = Service::start("stuck", config).await;
+    let service = Service::start("lineage-stuck", config).await;
     service.systems().send("portal", vec![span("POST /orders", keys(&[("biz.key.order", "PO-700"), ("biz.milestone", "order.captured")]))]).await;
     let waiting = service.transaction("PO-700", 1, "in_flight").await;
     assert_eq!(waiting["overdue"], serde_json::json!([]));
@@ -475,7 +299,7 @@ lineage:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn span_links_join_a_batch_trace_to_the_orders_it_processed() {
-    let service = Service::start("links", DEFAULT).await;
+    let service = Service::start("lineage-links", DEFAULT).await;
     let systems = service.systems();
     let portal = systems.send("portal", vec![span("POST /orders", keys(&[("biz.key.order", "PO-800"), ("biz.milestone", "order.captured")]))]).await;
     // The ERP's wave links to the portal request and names only its own number.
@@ -494,7 +318,7 @@ async fn span_links_join_a_batch_trace_to_the_orders_it_processed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_after_a_rule_change_recomputes_lineage_from_stored_spans() {
-    let service = Service::start("rebuild", DEFAULT).await;
+    let service = Service::start("lineage-rebuild", DEFAULT).await;
     let systems = service.systems();
     systems.send("portal", vec![span("POST /orders", keys(&[("biz.key.order", "PO-900"), ("biz.milestone", "order.captured")]))]).await;
     // The ERP names the order in its own attributes, which no rule maps yet.

@@ -5,6 +5,8 @@
 
 pub mod process;
 pub mod rows;
+pub mod sdk;
+pub mod service;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
