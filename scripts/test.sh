@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: fetches the embedded ClickHouse engine if
-# missing (the store tests run against it), installs Prometheus (as root) and
+# missing (the store tests run against it), installs Prometheus and
+# Alertmanager (as root) and
 # the OpenTelemetry Python SDK the OTLP tests send with (a venv in
 # target/python), then runs every
 # crate's unit and integration tests and checks that the benchmarks build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-engine.sh
-# A real Prometheus server scrapes /metrics in the OTLP tests.
-if ! command -v prometheus >/dev/null; then
+# A real Prometheus server scrapes /metrics, and a real Alertmanager receives
+# alerts, in the tests (Debian packages prometheus, prometheus-alertmanager).
+missing=()
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    echo "installing Prometheus (Debian package prometheus) ..."
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    echo "installing ${missing[*]} (Debian packages) ..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "the tests need a Prometheus server: sudo apt-get install prometheus" >&2
+    echo "the tests need: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
 fi

@@ -25,6 +25,7 @@ pub struct Config {
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub lineage: waybill_lineage::LineageConfig,
+    pub alerts: waybill_alerts::AlertsConfig,
 }
 
 /// Waybill's own traces.
@@ -269,6 +270,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.store.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.lineage.validate().map_err(ConfigError::Invalid)?;
+        self.alerts.validate().map_err(ConfigError::Invalid)?;
         if self.sql_endpoint.enabled {
             if self.store.mode != waybill_store::StoreMode::Embedded {
                 return Err(ConfigError::Invalid(

@@ -28,6 +28,7 @@ use crate::pipeline::Pipeline;
 struct AppState {
     store: Store,
     migrated: Arc<AtomicBool>,
+    alerts: waybill_alerts::Alerts,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -37,16 +38,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let migration = tokio::spawn(migrate_until_done(store.clone(), migrated.clone(), shutdown_rx.clone()));
 
-    let state = AppState { store: store.clone(), migrated };
+    let alerts = waybill_alerts::Alerts::new(store.clone(), config.alerts.clone()).map_err(anyhow::Error::msg)?;
+    let state = AppState { store: store.clone(), migrated, alerts: alerts.clone() };
     waybill_collector::metrics::register();
     crate::pipeline::register_metrics();
     waybill_lineage::resolve::register_metrics();
+    waybill_alerts::evaluator::register_metrics();
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .merge(waybill_lineage::api::router(store.clone()));
+        .merge(waybill_lineage::api::router(store.clone()))
+        .merge(waybill_alerts::api::router(alerts.clone()));
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
@@ -66,6 +70,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let resolver = tokio::spawn(resolver.run(notifications, resolver_stopped));
     let extractor = waybill_lineage::Extractor::new(&config.lineage);
     let (sink, writer) = Pipeline::start(store.clone(), config.pipeline.settings(), extractor, Some(notifier));
+    servers.spawn("alert evaluator", {
+        let alerts = alerts.clone();
+        let shutdown = shutdown_rx.clone();
+        async move {
+            alerts.run(shutdown).await;
+            Ok(())
+        }
+    });
+    #[cfg(unix)]
+    servers.spawn("SIGHUP handler", reload_on_sighup(alerts.clone(), shutdown_rx.clone()));
     let sources = config.otlp.sources();
     let otlp = waybill_collector::http::router(sink.clone(), limits, sources.clone());
     let listener = TcpListener::bind(config.otlp.http_listen)
@@ -200,14 +214,31 @@ async fn migrate_until_done(store: Store, migrated: Arc<AtomicBool>, mut shutdow
     }
 }
 
-/// Prometheus text exposition of the process's metrics.
-async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], Vec<u8>) {
+/// Prometheus text exposition of the process's metrics and the SLIs of
+/// the alert rules (whose labels vary by rule, so they are written apart).
+async fn metrics(State(state): State<AppState>) -> ([(axum::http::HeaderName, &'static str); 1], Vec<u8>) {
     let mut body = Vec::new();
     let encoder = prometheus::TextEncoder::new();
     if let Err(err) = prometheus::Encoder::encode(&encoder, &prometheus::gather(), &mut body) {
         tracing::warn!(error = %err, "metrics could not be encoded");
     }
+    body.extend_from_slice(state.alerts.exposition().as_bytes());
     ([(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body)
+}
+
+/// Reloads the alert rules on every SIGHUP until shutdown.
+#[cfg(unix)]
+async fn reload_on_sighup(alerts: waybill_alerts::Alerts, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => {
+                tracing::info!("SIGHUP: reloading the alert rules");
+                alerts.reload();
+            }
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -62,6 +62,16 @@ pub const MIGRATIONS: &[Migration] = &[
             statements
         },
     },
+    Migration {
+        version: 5,
+        name: "alert state, history and silences",
+        statements: |target| {
+            [&schema::ALERT_STATE, &schema::ALERT_HISTORY, &schema::ALERT_SILENCES]
+                .into_iter()
+                .flat_map(|table| target.create_table(table))
+                .collect()
+        },
+    },
 ];
 
 /// The newest schema version this build knows.

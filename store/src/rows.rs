@@ -239,3 +239,69 @@ pub struct ProgressRow {
     #[serde(rename = "Version")]
     pub version: u64,
 }
+
+/// One version of an alert's state (`alert_state`).
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct AlertStateRow {
+    #[serde(rename = "Rule")]
+    pub rule: String,
+    #[serde(rename = "GroupKey")]
+    pub group_key: String,
+    #[serde(rename = "Labels")]
+    pub labels: Vec<(String, String)>,
+    #[serde(rename = "State")]
+    pub state: String,
+    #[serde(rename = "Since")]
+    pub since_ns: i64,
+    #[serde(rename = "FiredAt")]
+    pub fired_at_ns: i64,
+    #[serde(rename = "LastNotified")]
+    pub last_notified_ns: i64,
+    #[serde(rename = "Value")]
+    pub value: f64,
+    #[serde(rename = "Samples")]
+    pub samples: u64,
+    #[serde(rename = "Version")]
+    pub version: u64,
+}
+
+/// An alert transition or delivery outcome (`alert_history`).
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct AlertHistoryRow {
+    #[serde(rename = "Time")]
+    pub time_ns: i64,
+    #[serde(rename = "Rule")]
+    pub rule: String,
+    #[serde(rename = "GroupKey")]
+    pub group_key: String,
+    #[serde(rename = "Labels")]
+    pub labels: Vec<(String, String)>,
+    /// `pending`, `firing`, `resolved`, `cleared`, `delivered`, `delivery_failed`.
+    #[serde(rename = "Event")]
+    pub event: String,
+    #[serde(rename = "Value")]
+    pub value: f64,
+    #[serde(rename = "Receiver")]
+    pub receiver: String,
+    #[serde(rename = "Detail")]
+    pub detail: String,
+}
+
+/// One version of a silence (`alert_silences`).
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct SilenceRow {
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "Matchers")]
+    pub matchers: Vec<(String, String)>,
+    #[serde(rename = "StartsAt")]
+    pub starts_at_ns: i64,
+    #[serde(rename = "EndsAt")]
+    pub ends_at_ns: i64,
+    #[serde(rename = "CreatedBy")]
+    pub created_by: String,
+    #[serde(rename = "Comment")]
+    pub comment: String,
+    #[serde(rename = "Version")]
+    pub version: u64,
+}

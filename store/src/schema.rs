@@ -283,6 +283,65 @@ pub const LINEAGE_PROGRESS: TableDef = TableDef {
     shard_key: "cityHash64(Name)",
 };
 
+/// The current state of every alert (rule and group), newest `Version` wins.
+pub const ALERT_STATE: TableDef = TableDef {
+    name: "alert_state",
+    columns: "
+    Rule LowCardinality(String),
+    GroupKey String,
+    Labels Map(LowCardinality(String), String),
+    State LowCardinality(String),
+    Since DateTime64(9),
+    FiredAt DateTime64(9),
+    LastNotified DateTime64(9),
+    Value Float64,
+    Samples UInt64,
+    Version UInt64",
+    engine: EngineKind::ReplacingMergeTree("Version"),
+    keys: "ORDER BY (Rule, GroupKey)",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(Rule)",
+};
+
+/// Every alert transition and delivery outcome.
+pub const ALERT_HISTORY: TableDef = TableDef {
+    name: "alert_history",
+    columns: "
+    Time DateTime64(9),
+    Rule LowCardinality(String),
+    GroupKey String,
+    Labels Map(LowCardinality(String), String),
+    Event LowCardinality(String),
+    Value Float64,
+    Receiver LowCardinality(String),
+    Detail String",
+    engine: EngineKind::MergeTree,
+    keys: "PARTITION BY toYYYYMM(Time)
+ORDER BY (Rule, Time)",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(Rule)",
+};
+
+/// Silences: alerts whose labels match are not delivered until `EndsAt`.
+pub const ALERT_SILENCES: TableDef = TableDef {
+    name: "alert_silences",
+    columns: "
+    Id String,
+    Matchers Map(String, String),
+    StartsAt DateTime64(9),
+    EndsAt DateTime64(9),
+    CreatedBy String,
+    Comment String,
+    Version UInt64",
+    engine: EngineKind::ReplacingMergeTree("Version"),
+    keys: "ORDER BY Id",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(Id)",
+};
+
 /// Tables the lineage resolver derives from `biz_events`; a rebuild empties them.
 pub const LINEAGE_DERIVED_TABLES: &[TableDef] = &[BIZ_EDGES, BIZ_KEY_TRACES, TRANSACTIONS, TRANSACTION_KEYS, LINEAGE_PROGRESS];
 
