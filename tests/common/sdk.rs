@@ -65,7 +65,7 @@ impl Systems {
                         let builder = tracer
                             .span_builder(name)
                             .with_attributes(attributes)
-                            .with_links(links.into_iter().map(|l| Link::with_context(l)).collect());
+                            .with_links(links.into_iter().map(Link::with_context).collect());
                         let span = tracer.build_with_context(builder, &parent_cx);
                         let cx = parent_cx.with_span(span);
                         let span = cx.span();
