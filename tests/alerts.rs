@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::process::{free_port, text, waybill, work_dir, Running};
+use common::process::{free_port, text, waybill, which, work_dir, Running};
 use common::sdk::{at, keys, log, span, Record, Systems};
 use common::service::Service;
 use serde_json::Value;
@@ -87,16 +87,6 @@ async fn alerts_when(service: &Service, done: impl Fn(&[Value]) -> bool) -> Vec<
 
 fn firing<'a>(alerts: &'a [Value], rule: &str) -> Option<&'a Value> {
     alerts.iter().find(|a| a["rule"] == rule && a["state"] == "firing")
-}
-
-/// A program on PATH.
-fn which(program: &str) -> std::path::PathBuf {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|dir| std::path::PathBuf::from(dir).join(program))
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| panic!("{program} is missing: scripts/test.sh installs it (Debian package {program})"))
 }
 
 /// A real Alertmanager on a loopback port.
@@ -334,34 +324,6 @@ async fn prometheus_scrapes_every_rules_sli_per_group() {
     failed_invoice(&service.systems(), "INV-P1").await;
     alerts_when(&service, |alerts| firing(alerts, "invoice_failures").is_some()).await;
 
-    let dir = work_dir("alerts-prometheus-server");
-    let config = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: waybill\n    static_configs:\n      - targets: ['{}']\n",
-        service.http
-    );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let port = free_port();
-    let child = std::process::Command::new(which("prometheus"))
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _prometheus = Running(child);
-    let api = SocketAddr::from(([127, 0, 0, 1], port));
-    let query = common::encode(r#"waybill_sli_value{job="waybill",rule="invoice_failures",system="billing"}"#);
-    let start = Instant::now();
-    loop {
-        if tokio::net::TcpStream::connect(api).await.is_ok() {
-            let answer = common::http(api, "GET", &format!("/api/v1/query?query={query}"), &[], b"").await;
-            let json: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-            if json["data"]["result"][0]["value"][1] == "1" {
-                break;
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "Prometheus never saw the SLI series");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let (_prometheus, api) = common::process::prometheus("alerts-prometheus-server", &service.http.to_string());
+    common::process::wait_for_prometheus(api, r#"waybill_sli_value{job="waybill",rule="invoice_failures",system="billing"}"#, "1").await;
 }

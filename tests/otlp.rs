@@ -522,48 +522,13 @@ async fn tokens_identify_the_source_and_requests_without_one_are_refused() {
 /// A real Prometheus server scrapes `/metrics` and sees the ingest counters.
 #[tokio::test]
 async fn prometheus_scrapes_the_ingest_metrics() {
-    let prometheus = which("prometheus")
-        .expect("prometheus is missing: scripts/test.sh installs it (Debian package prometheus)");
     let service = start("otlp-prometheus").await;
     let body = json_span("PO-PROM", "00000000000000e1");
     let response = service.post("/v1/traces", &[("Content-Type", "application/json")], body.as_bytes()).await;
     assert_eq!(response.status, 200, "{}", response.text());
 
-    let dir = work_dir("prometheus");
-    let config = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: waybill\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-        service.http
-    );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let port = free_port();
-    let child = std::process::Command::new(prometheus)
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _prometheus = Running(child);
-    let api = SocketAddr::from(([127, 0, 0, 1], port));
-    let query = common::encode(r#"waybill_collector_accepted_records_total{job="waybill",signal="traces",protocol="http"}"#);
-    let start = std::time::Instant::now();
-    loop {
-        if tokio::net::TcpStream::connect(api).await.is_ok() {
-            let answer = common::http(api, "GET", &format!("/api/v1/query?query={query}"), &[], b"").await;
-            let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-            if json["data"]["result"][0]["value"][1] == "1" {
-                break;
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "Prometheus did not scrape waybill's metrics within 60 s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// A program on PATH.
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| PathBuf::from(dir).join(program)).find(|path| path.is_file())
+    let (_prometheus, api) = common::process::prometheus("prometheus", &format!("127.0.0.1:{}", service.http));
+    common::process::wait_for_prometheus(api, r#"waybill_collector_accepted_records_total{job="waybill",signal="traces",protocol="http"}"#, "1").await;
 }
 
 /// With `telemetry.otlp_endpoint` set, Waybill exports its own spans there

@@ -203,14 +203,10 @@ impl Resolver {
     async fn load(&self, loaded: &mut Traces, traces: Vec<String>) -> Result<(), StoreError> {
         let wanted: Vec<String> = traces.into_iter().filter(|t| !loaded.events.contains_key(t)).collect();
         let mut found: BTreeMap<String, Vec<BizEventRow>> = BTreeMap::new();
-        for chunk in wanted.chunks(CHUNK) {
-            let rows: Vec<BizEventRow> = self
-                .store
-                .fetch_all(&format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({})", list(chunk)))
-                .await?;
-            for row in rows {
-                found.entry(row.trace_id.clone()).or_default().push(row);
-            }
+        let rows: Vec<BizEventRow> =
+            self.fetch_chunked(&wanted, |chunk| format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({})", list(chunk))).await?;
+        for row in rows {
+            found.entry(row.trace_id.clone()).or_default().push(row);
         }
         for trace in wanted {
             let mut events = found.remove(&trace).unwrap_or_default();
@@ -223,16 +219,11 @@ impl Resolver {
     }
 
     async fn traces_linking_to(&self, traces: &BTreeSet<String>) -> Result<BTreeSet<String>, StoreError> {
-        let mut linking = BTreeSet::new();
         let traces: Vec<String> = traces.iter().cloned().collect();
-        for chunk in traces.chunks(CHUNK) {
-            let rows: Vec<String> = self
-                .store
-                .fetch_all(&format!("SELECT DISTINCT TraceId FROM biz_events WHERE hasAny(LinkedTraceIds, [{}])", list(chunk)))
-                .await?;
-            linking.extend(rows);
-        }
-        Ok(linking)
+        let linking: Vec<String> = self
+            .fetch_chunked(&traces, |chunk| format!("SELECT DISTINCT TraceId FROM biz_events WHERE hasAny(LinkedTraceIds, [{}])", list(chunk)))
+            .await?;
+        Ok(linking.into_iter().collect())
     }
 
     /// The root-kind keys upstream of `keys` (and those among them).
@@ -264,18 +255,23 @@ impl Resolver {
 
     /// Edges from `keys` in one direction.
     async fn edges(&self, keys: &[Key], down: bool) -> Result<Vec<EdgeRow>, StoreError> {
-        let mut edges = Vec::new();
-        for chunk in keys.chunks(CHUNK) {
-            let rows: Vec<EdgeRow> = self
-                .store
-                .fetch_all(&format!(
-                    "SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({}) AND Down = {down}",
-                    key_list(chunk)
-                ))
-                .await?;
-            edges.extend(rows);
+        self.fetch_chunked(keys, |chunk| {
+            format!("SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({}) AND Down = {down}", key_list(chunk))
+        })
+        .await
+    }
+
+    /// The rows of `sql` for each chunk of `values`, so no `IN` list
+    /// outgrows ClickHouse's query size limit.
+    async fn fetch_chunked<V, T>(&self, values: &[V], sql: impl Fn(&[V]) -> String) -> Result<Vec<T>, StoreError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        let mut rows = Vec::new();
+        for chunk in values.chunks(CHUNK) {
+            rows.extend(self.store.fetch_all::<T>(&sql(chunk)).await?);
         }
-        Ok(edges)
+        Ok(rows)
     }
 
     /// Recomputes and writes the transactions rooted at `roots`.
@@ -301,14 +297,11 @@ impl Resolver {
         // The traces of every key in any closure.
         let all_keys: Vec<Key> = seen.into_iter().collect();
         let mut traces_of: BTreeMap<Key, BTreeSet<String>> = BTreeMap::new();
-        for chunk in all_keys.chunks(CHUNK) {
-            let rows: Vec<KeyTraceRow> = self
-                .store
-                .fetch_all(&format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({})", key_list(chunk)))
-                .await?;
-            for row in rows {
-                traces_of.entry((row.kind, row.value)).or_default().insert(row.trace_id);
-            }
+        let rows: Vec<KeyTraceRow> = self
+            .fetch_chunked(&all_keys, |chunk| format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({})", key_list(chunk)))
+            .await?;
+        for row in rows {
+            traces_of.entry((row.kind, row.value)).or_default().insert(row.trace_id);
         }
         let needed: Vec<String> = traces_of.values().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
         self.load(loaded, needed).await?;
@@ -365,11 +358,10 @@ impl Resolver {
         let evaluation = journey::evaluate(journey, &milestones, now_ns);
         let mut ordered: Vec<&Key> = closure.iter().collect();
         ordered.sort_by_key(|k| (self.config.rank(&k.0), &k.0, &k.1));
-        TransactionRow {
+        let mut row = TransactionRow {
             id: transaction_id(root),
             root_kind: root.0.clone(),
             root_value: root.1.clone(),
-            state: evaluation.state.as_str().to_owned(),
             key_kinds: ordered.iter().map(|k| k.0.clone()).collect(),
             key_values: ordered.iter().map(|k| k.1.clone()).collect(),
             systems,
@@ -379,13 +371,13 @@ impl Resolver {
             milestone_outcomes: milestones.iter().map(|m| m.outcome.clone()).collect(),
             milestone_trace_ids: milestones.iter().map(|m| m.trace_id.clone()).collect(),
             milestone_span_ids: milestones.iter().map(|m| m.span_id.clone()).collect(),
-            overdue_milestones: evaluation.overdue.iter().map(|o| o.0.clone()).collect(),
-            overdue_due_ns: evaluation.overdue.iter().map(|o| o.1).collect(),
-            next_due_ns: evaluation.next_due_ns,
             started_ns: included.first().map_or(0, |e| e.source_time_ns),
             updated_ns: included.iter().map(|e| e.source_time_ns.max(e.time_ns)).max().unwrap_or(0),
             version: self.next_version(),
-        }
+            ..TransactionRow::default()
+        };
+        set_evaluation(&mut row, &evaluation);
+        row
     }
 
     /// Re-evaluates transactions whose next deadline has passed; returns
@@ -395,25 +387,16 @@ impl Resolver {
             .store
             .fetch_all(&format!("SELECT DISTINCT Id FROM transactions WHERE NextDue > 0 AND NextDue <= fromUnixTimestamp64Nano({now_ns})"))
             .await?;
+        let rows: Vec<TransactionRow> = self
+            .fetch_chunked(&due, |chunk| format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE Id IN ({}) ORDER BY Version DESC LIMIT 1 BY Id", list(chunk)))
+            .await?;
         let mut changed = Vec::new();
-        for chunk in due.chunks(CHUNK) {
-            let rows: Vec<TransactionRow> = self
-                .store
-                .fetch_all(&format!(
-                    "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE Id IN ({}) ORDER BY Version DESC LIMIT 1 BY Id",
-                    list(chunk)
-                ))
-                .await?;
-            for mut row in rows.into_iter().filter(|r| r.next_due_ns > 0 && r.next_due_ns <= now_ns) {
-                let journey = self.journeys.get(&row.root_kind).map(Vec::as_slice).unwrap_or_default();
-                let evaluation = journey::evaluate(journey, &milestones_of(&row), now_ns);
-                row.state = evaluation.state.as_str().to_owned();
-                row.overdue_milestones = evaluation.overdue.iter().map(|o| o.0.clone()).collect();
-                row.overdue_due_ns = evaluation.overdue.iter().map(|o| o.1).collect();
-                row.next_due_ns = evaluation.next_due_ns;
-                row.version = self.next_version();
-                changed.push(row);
-            }
+        for mut row in rows.into_iter().filter(|r| r.next_due_ns > 0 && r.next_due_ns <= now_ns) {
+            let journey = self.journeys.get(&row.root_kind).map(Vec::as_slice).unwrap_or_default();
+            let evaluation = journey::evaluate(journey, &milestones_of(&row), now_ns);
+            set_evaluation(&mut row, &evaluation);
+            row.version = self.next_version();
+            changed.push(row);
         }
         self.store.insert("transactions", &changed).await?;
         Ok(changed.len())
@@ -438,6 +421,14 @@ pub const EVENT_COLUMNS: &str =
 /// The columns of [`TransactionRow`], in its field order.
 pub const TRANSACTION_COLUMNS: &str = "Id, RootKind, RootValue, State, KeyKinds, KeyValues, Systems, MilestoneNames, MilestoneSystems, \
      MilestoneTimes, MilestoneOutcomes, MilestoneTraceIds, MilestoneSpanIds, OverdueMilestones, OverdueDue, NextDue, Started, Updated, Version";
+
+/// Writes a journey evaluation onto a transaction row.
+fn set_evaluation(row: &mut TransactionRow, evaluation: &journey::Evaluation) {
+    row.state = evaluation.state.as_str().to_owned();
+    row.overdue_milestones = evaluation.overdue.iter().map(|o| o.0.clone()).collect();
+    row.overdue_due_ns = evaluation.overdue.iter().map(|o| o.1).collect();
+    row.next_due_ns = evaluation.next_due_ns;
+}
 
 /// What makes two stored rows the same record (the table's sorting key).
 fn identity(event: &BizEventRow) -> (&str, &str, &str, u32, &str, &str) {

@@ -62,3 +62,48 @@ pub async fn wait_for_status(port: u16, path: &str, want: u16, within: Duration)
     }
 }
 
+
+/// A program on PATH; the message says which Debian package brings it.
+pub fn which(program: &str) -> std::path::PathBuf {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(program))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("{program} is missing: scripts/test.sh installs it (Debian package {program})"))
+}
+
+/// A real Prometheus server scraping `target` (host:port) every second;
+/// returns it and its API address.
+pub fn prometheus(name: &str, target: &str) -> (Running, std::net::SocketAddr) {
+    let dir = work_dir(name);
+    let config = format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: waybill\n    static_configs:\n      - targets: ['{target}']\n");
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let child = Command::new(which("prometheus"))
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (Running(child), std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Waits until Prometheus at `api` answers `query` with `value` (60 s at most).
+pub async fn wait_for_prometheus(api: std::net::SocketAddr, query: &str, value: &str) {
+    let target = format!("/api/v1/query?query={}", super::encode(query));
+    let start = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(api).await.is_ok() {
+            let answer = super::http(api, "GET", &target, &[], b"").await;
+            let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+            if json["data"]["result"][0]["value"][1] == value {
+                return;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "Prometheus did not see {query} = {value} within 60 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
