@@ -7,6 +7,7 @@ mod common;
 use common::rows;
 use waybill_store::config::{Compression, ServerConfig};
 use waybill_store::http_interface::{self, Access};
+use waybill_store::migrate::latest_version;
 use waybill_store::{LogRow, SpanRow, Store, StoreConfig, StoreMode};
 
 const SPAN_COLUMNS: &str = SpanRow::COLUMNS;
@@ -25,6 +26,10 @@ fn awkward_span() -> SpanRow {
     span
 }
 
+fn all_versions() -> Vec<u32> {
+    waybill_store::migrate::MIGRATIONS.iter().map(|m| m.version).collect()
+}
+
 async fn read_spans(store: &Store) -> Vec<SpanRow> {
     store.fetch_all(&format!("SELECT {SPAN_COLUMNS} FROM otel_traces ORDER BY SpanId")).await.unwrap()
 }
@@ -32,7 +37,7 @@ async fn read_spans(store: &Store) -> Vec<SpanRow> {
 #[tokio::test]
 async fn migrations_apply_once_and_record_their_version() {
     let store = common::store("t_migrations").await;
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), latest_version());
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "second run applied {:?}", again.applied);
     assert!(again.retention_changed.is_empty());
@@ -42,7 +47,24 @@ async fn migrations_apply_once_and_record_their_version() {
         .unwrap();
     assert_eq!(
         tables,
-        ["otel_logs", "otel_traces", "otel_traces_trace_id_ts", "otel_traces_trace_id_ts_mv", "waybill_schema_migrations"]
+        [
+            "alert_history",
+            "alert_silences",
+            "alert_state",
+            "biz_edges",
+            "biz_events",
+            "biz_key_traces",
+            "biz_trace_links",
+            "biz_trace_links_mv",
+            "lineage_progress",
+            "otel_logs",
+            "otel_traces",
+            "otel_traces_trace_id_ts",
+            "otel_traces_trace_id_ts_mv",
+            "transaction_keys",
+            "transactions",
+            "waybill_schema_migrations"
+        ]
     );
 }
 
@@ -56,7 +78,7 @@ async fn concurrent_migrations_converge_on_one_schema() {
     a.unwrap();
     b.unwrap();
     let recorded: Vec<u32> = first.fetch_all("SELECT Version FROM waybill_schema_migrations FINAL ORDER BY Version").await.unwrap();
-    assert_eq!(recorded, [1, 2, 3]);
+    assert_eq!(recorded, all_versions());
     assert!(first.migrate().await.unwrap().applied.is_empty());
 }
 
@@ -121,7 +143,7 @@ async fn queries_on_missing_tables_report_clickhouse_errors() {
     let err = store.execute("SELECT * FROM no_such_table").await.unwrap_err().to_string();
     assert!(err.contains("UNKNOWN_TABLE") && err.contains("no_such_table"), "{err}");
     // The store keeps working after a failed query.
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), latest_version());
 }
 
 /// A retried insert (same token, same rows) is stored once, in the table
@@ -155,7 +177,7 @@ async fn server_mode_works_through_the_http_interface() {
     };
     let store = Store::open(&config).await.unwrap();
     common::drop_database(&store).await;
-    assert_eq!(store.migrate().await.unwrap().applied, [1, 2, 3]);
+    assert_eq!(store.migrate().await.unwrap().applied, all_versions());
     let written: Vec<SpanRow> = (0..3000).map(rows::span).chain([awkward_span()]).collect();
     store.insert_spans(&written).await.unwrap();
     let mut expected = written;

@@ -47,6 +47,12 @@ pub async fn rebuild(store: &Store, config: &LineageConfig, since: Duration, mut
     // Synchronous, so the re-extracted rows below are not deleted with them.
     let target = store.target();
     store.execute(&target.delete_where(&schema::BIZ_EVENTS, &format!("Time >= fromUnixTimestamp64Nano({since_ns})"))).await?;
+    // The links of the deleted events go too: refilled from what is left,
+    // then by the view as the period is extracted again.
+    store.execute(&target.truncate(&schema::BIZ_TRACE_LINKS)).await?;
+    store
+        .execute("INSERT INTO biz_trace_links SELECT arrayJoin(LinkedTraceIds), TraceId FROM biz_events WHERE notEmpty(LinkedTraceIds)")
+        .await?;
     let mut from = since_ns;
     while from < until_ns {
         let to = (from + WINDOW.as_nanos() as i64).min(until_ns);

@@ -19,8 +19,11 @@ use crate::config::{LineageConfig, Step};
 use crate::graph::{self, Key};
 use crate::journey::{self, Milestone};
 
-/// Values per `IN (...)` list, well under ClickHouse's query size limit.
-const CHUNK: usize = 1000;
+/// Bytes of one rendered `IN (...)` list, under ClickHouse's default
+/// 256 KiB query size limit.
+const LIST_BYTES: usize = 192 * 1024;
+/// Traces per resolve step when catching up or rebuilding.
+const TRACES_PER_STEP: usize = 5000;
 /// Events ingested this long before the recorded progress are looked at
 /// again after a restart: their notification may not have been handled.
 const CATCH_UP_MARGIN: Duration = Duration::from_secs(300);
@@ -147,13 +150,13 @@ impl Resolver {
     /// Resolves `traces` a few thousand at a time, reporting progress.
     pub async fn resolve_in_chunks(&mut self, traces: Vec<String>, mut progress: impl FnMut(usize, usize)) -> Result<Resolved, StoreError> {
         let mut total = Resolved::default();
-        for (i, chunk) in traces.chunks(5 * CHUNK).enumerate() {
+        for (i, chunk) in traces.chunks(TRACES_PER_STEP).enumerate() {
             let chunk: BTreeSet<String> = chunk.iter().cloned().collect();
             let resolved = self.resolve_traces(&chunk, now_ns()).await?;
             total.traces += resolved.traces;
             total.events += resolved.events;
             total.transactions += resolved.transactions;
-            progress((i * 5 * CHUNK + chunk.len()).min(traces.len()), traces.len());
+            progress((i * TRACES_PER_STEP + chunk.len()).min(traces.len()), traces.len());
         }
         Ok(total)
     }
@@ -204,7 +207,7 @@ impl Resolver {
         let wanted: Vec<String> = traces.into_iter().filter(|t| !loaded.events.contains_key(t)).collect();
         let mut found: BTreeMap<String, Vec<BizEventRow>> = BTreeMap::new();
         let rows: Vec<BizEventRow> =
-            self.fetch_chunked(&wanted, |chunk| format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({})", list(chunk))).await?;
+            self.fetch_in(quoted(&wanted), |list| format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({list})")).await?;
         for row in rows {
             found.entry(row.trace_id.clone()).or_default().push(row);
         }
@@ -219,9 +222,8 @@ impl Resolver {
     }
 
     async fn traces_linking_to(&self, traces: &BTreeSet<String>) -> Result<BTreeSet<String>, StoreError> {
-        let traces: Vec<String> = traces.iter().cloned().collect();
         let linking: Vec<String> = self
-            .fetch_chunked(&traces, |chunk| format!("SELECT DISTINCT TraceId FROM biz_events WHERE hasAny(LinkedTraceIds, [{}])", list(chunk)))
+            .fetch_in(quoted(traces), |list| format!("SELECT DISTINCT TraceId FROM biz_trace_links WHERE LinkedTraceId IN ({list})"))
             .await?;
         Ok(linking.into_iter().collect())
     }
@@ -255,21 +257,32 @@ impl Resolver {
 
     /// Edges from `keys` in one direction.
     async fn edges(&self, keys: &[Key], down: bool) -> Result<Vec<EdgeRow>, StoreError> {
-        self.fetch_chunked(keys, |chunk| {
-            format!("SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({}) AND Down = {down}", key_list(chunk))
+        self.fetch_in(key_items(keys), |list| {
+            format!("SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({list}) AND Down = {down}")
         })
         .await
     }
 
-    /// The rows of `sql` for each chunk of `values`, so no `IN` list
-    /// outgrows ClickHouse's query size limit.
-    async fn fetch_chunked<V, T>(&self, values: &[V], sql: impl Fn(&[V]) -> String) -> Result<Vec<T>, StoreError>
+    /// The rows of `sql(list)` for `items` (SQL literals) joined into as
+    /// few `IN` lists as ClickHouse's query size limit allows.
+    async fn fetch_in<T>(&self, items: impl IntoIterator<Item = String>, sql: impl Fn(&str) -> String) -> Result<Vec<T>, StoreError>
     where
         T: clickhouse::RowOwned + clickhouse::RowRead,
     {
         let mut rows = Vec::new();
-        for chunk in values.chunks(CHUNK) {
-            rows.extend(self.store.fetch_all::<T>(&sql(chunk)).await?);
+        let mut list = String::new();
+        for item in items {
+            if !list.is_empty() && list.len() + item.len() + 2 > LIST_BYTES {
+                rows.extend(self.store.fetch_all::<T>(&sql(&list)).await?);
+                list.clear();
+            }
+            if !list.is_empty() {
+                list.push_str(", ");
+            }
+            list.push_str(&item);
+        }
+        if !list.is_empty() {
+            rows.extend(self.store.fetch_all::<T>(&sql(&list)).await?);
         }
         Ok(rows)
     }
@@ -298,7 +311,7 @@ impl Resolver {
         let all_keys: Vec<Key> = seen.into_iter().collect();
         let mut traces_of: BTreeMap<Key, BTreeSet<String>> = BTreeMap::new();
         let rows: Vec<KeyTraceRow> = self
-            .fetch_chunked(&all_keys, |chunk| format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({})", key_list(chunk)))
+            .fetch_in(key_items(&all_keys), |list| format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({list})"))
             .await?;
         for row in rows {
             traces_of.entry((row.kind, row.value)).or_default().insert(row.trace_id);
@@ -388,7 +401,7 @@ impl Resolver {
             .fetch_all(&format!("SELECT DISTINCT Id FROM transactions WHERE NextDue > 0 AND NextDue <= fromUnixTimestamp64Nano({now_ns})"))
             .await?;
         let rows: Vec<TransactionRow> = self
-            .fetch_chunked(&due, |chunk| format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE Id IN ({}) ORDER BY Version DESC LIMIT 1 BY Id", list(chunk)))
+            .fetch_in(quoted(&due), |list| format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE Id IN ({list}) ORDER BY Version DESC LIMIT 1 BY Id"))
             .await?;
         let mut changed = Vec::new();
         for mut row in rows.into_iter().filter(|r| r.next_due_ns > 0 && r.next_due_ns <= now_ns) {
@@ -455,12 +468,14 @@ pub fn transaction_id(root: &Key) -> String {
     format!("{:032x}", cityhash_rs::cityhash_102_128(identity.as_bytes()))
 }
 
-fn list(values: &[String]) -> String {
-    values.iter().map(|v| quote_string(v)).collect::<Vec<_>>().join(", ")
+/// `values` as SQL string literals.
+fn quoted<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    values.into_iter().map(|v| quote_string(v)).collect()
 }
 
-fn key_list(keys: &[Key]) -> String {
-    keys.iter().map(|(kind, value)| format!("({}, {})", quote_string(value), quote_string(kind))).collect::<Vec<_>>().join(", ")
+/// `keys` as `(value, kind)` tuples, the order of the tables' sorting keys.
+fn key_items(keys: &[Key]) -> impl Iterator<Item = String> + '_ {
+    keys.iter().map(|(kind, value)| format!("({}, {})", quote_string(value), quote_string(kind)))
 }
 
 pub(crate) fn now_ns() -> i64 {

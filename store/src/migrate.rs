@@ -72,6 +72,20 @@ pub const MIGRATIONS: &[Migration] = &[
                 .collect()
         },
     },
+    Migration {
+        version: 6,
+        name: "span links by the trace they point at",
+        statements: |target| {
+            let mut statements = target.create_table(&schema::BIZ_TRACE_LINKS);
+            statements.push(target.create_trace_links_view());
+            // Links stored before the view existed.
+            statements.push(format!(
+                "INSERT INTO {db}.biz_trace_links SELECT arrayJoin(LinkedTraceIds), TraceId FROM {db}.biz_events WHERE notEmpty(LinkedTraceIds)",
+                db = crate::sql::quote_identifier(&target.database)
+            ));
+            statements
+        },
+    },
 ];
 
 /// The newest schema version this build knows.

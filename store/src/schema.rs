@@ -207,6 +207,20 @@ pub const BIZ_EDGES: TableDef = TableDef {
     shard_key: "cityHash64(Value)",
 };
 
+/// Span links by the trace they point at, filled from `biz_events` by a
+/// materialized view: which traces link to a given trace.
+pub const BIZ_TRACE_LINKS: TableDef = TableDef {
+    name: "biz_trace_links",
+    columns: "
+    LinkedTraceId String CODEC(ZSTD(1)),
+    TraceId String CODEC(ZSTD(1))",
+    engine: EngineKind::Deduplicating,
+    keys: "ORDER BY (LinkedTraceId, TraceId)",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(LinkedTraceId)",
+};
+
 /// Which traces a key belongs to (its own records and those that inherit it).
 pub const BIZ_KEY_TRACES: TableDef = TableDef {
     name: "biz_key_traces",
@@ -438,6 +452,23 @@ GROUP BY TraceId",
             on = self.on_cluster(),
             target = quote_identifier(&self.storage_table(&OTEL_TRACES_TRACE_ID_TS)),
             source = quote_identifier(&self.storage_table(&OTEL_TRACES)),
+        )
+    }
+
+    /// The materialized view that fills `biz_trace_links` from the links of
+    /// `biz_events`, local table to local table on a cluster.
+    pub fn create_trace_links_view(&self) -> String {
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{view}{on} TO {db}.{target} AS SELECT
+    arrayJoin(LinkedTraceIds) AS LinkedTraceId,
+    TraceId
+FROM {db}.{source}
+WHERE notEmpty(LinkedTraceIds)",
+            db = self.db(),
+            view = quote_identifier("biz_trace_links_mv"),
+            on = self.on_cluster(),
+            target = quote_identifier(&self.storage_table(&BIZ_TRACE_LINKS)),
+            source = quote_identifier(&self.storage_table(&BIZ_EVENTS)),
         )
     }
 
