@@ -5,7 +5,9 @@
 //!
 //! Run: `cargo bench --bench otlp_load`. Environment: BENCH_SECONDS (20),
 //! BENCH_CONNECTIONS (32), BENCH_OVERLOAD_CONNECTIONS (400), BENCH_BATCHES
-//! (distinct requests of 512 spans, 1200). Figures are in BENCHMARKS.md.
+//! (distinct requests of 512 spans, 1200), BENCH_BUSINESS_EVERY (1: every
+//! span is a business record, with keys and a milestone; N: one span in N,
+//! the others plain spans of the same flow). Figures are in BENCHMARKS.md.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -34,8 +36,9 @@ fn text(key: &str, value: impl Into<String>) -> KeyValue {
 }
 
 /// Request `batch`: 512 spans of an order-to-invoice flow across four
-/// services, business keys and an event on each, ids unique per span.
-fn request(batch: u64, now_ns: u64) -> ExportTraceServiceRequest {
+/// services, an event on each, ids unique per span; one span in
+/// `business_every` carries business keys and a milestone.
+fn request(batch: u64, now_ns: u64, business_every: u64) -> ExportTraceServiceRequest {
     let services = ["b2b-portal", "sap-erp", "warehouse", "billing"];
     let names = ["POST /orders", "erp.sales_order.post", "wms.shipment.dispatch", "invoice.post"];
     let resource_spans = (0..4)
@@ -52,12 +55,21 @@ fn request(batch: u64, now_ns: u64) -> ExportTraceServiceRequest {
                         kind: 2,
                         start_time_unix_nano: start,
                         end_time_unix_nano: start + 1_500_000,
-                        attributes: vec![
-                            text("biz.key.order", format!("PO-{}", n / 4)),
-                            text("biz.key.sales_order", format!("SO-{}", n / 4)),
-                            text("biz.milestone", "order.accepted"),
-                            text("http.request.method", "POST"),
-                        ],
+                        attributes: if n % business_every == 0 {
+                            vec![
+                                text("biz.key.order", format!("PO-{}", n / 4)),
+                                text("biz.key.sales_order", format!("SO-{}", n / 4)),
+                                text("biz.milestone", "order.accepted"),
+                                text("http.request.method", "POST"),
+                            ]
+                        } else {
+                            vec![
+                                text("http.route", "/api/v2/orders/{id}"),
+                                text("peer.service", "sap-erp"),
+                                text("net.peer.name", format!("erp-{}.internal", n % 3)),
+                                text("http.request.method", "POST"),
+                            ]
+                        },
                         events: vec![Event {
                             time_unix_nano: start + 500,
                             name: "credit.checked".into(),
@@ -262,7 +274,8 @@ async fn main() {
     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     print!("encoding {batches} requests of {SPANS_PER_REQUEST} spans ... ");
     std::io::stdout().flush().unwrap();
-    let requests: Vec<ExportTraceServiceRequest> = (0..batches as u64).map(|b| request(b, now_ns)).collect();
+    let business_every = env_or("BENCH_BUSINESS_EVERY", 1).max(1) as u64;
+    let requests: Vec<ExportTraceServiceRequest> = (0..batches as u64).map(|b| request(b, now_ns, business_every)).collect();
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(requests.iter().map(|r| r.encode_to_vec()).collect());
     println!("{:.0} MB", bodies.iter().map(Vec::len).sum::<usize>() as f64 / 1e6);
 

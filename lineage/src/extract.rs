@@ -139,6 +139,11 @@ impl Extractor {
             system = system.or_else(|| rule.system.as_ref().and_then(|f| value_of(f, record)));
             source_time = source_time.or_else(|| rule.source_time.as_ref().and_then(|f| value_of(f, record)));
         }
+        // A record is a business event by what it says itself (rule keys,
+        // its own biz.key.* or a milestone), not by keys it only inherits
+        // from its span or resource: a span event without business
+        // attributes is part of its span's event, not another one.
+        let says_own = !keys.is_empty() || record.attributes[0].iter().any(|(name, _)| name.starts_with("biz.key."));
         // The convention: biz.key.<kind> anywhere the record's attributes are looked up.
         for attributes in record.attributes {
             for (name, value) in attributes {
@@ -154,7 +159,7 @@ impl Extractor {
         // The convention's milestone, outcome and source time are the record's own.
         let own = record.attributes[0];
         let milestone = milestone.or_else(|| attribute(own, "biz.milestone")).unwrap_or_default().to_owned();
-        if keys.is_empty() && milestone.is_empty() {
+        if !says_own && milestone.is_empty() {
             return (None, matched);
         }
         let outcome = outcome
@@ -390,13 +395,15 @@ mod tests {
     fn span_events_inherit_their_spans_keys_and_plain_spans_leave_presence() {
         let extractor = Extractor::new(&LineageConfig::default());
         let mut carrier = span("webhook", "carrier", &[("biz.key.shipment", "SH-1")]);
-        carrier.events_name = vec!["delivered".into()];
-        carrier.events_timestamp_ns = vec![5_000];
-        carrier.events_attributes = vec![pairs(&[("biz.milestone", "shipment.delivered")])];
+        carrier.events_name = vec!["delivered".into(), "http retry".into()];
+        carrier.events_timestamp_ns = vec![5_000, 6_000];
+        carrier.events_attributes = vec![pairs(&[("biz.milestone", "shipment.delivered")]), pairs(&[("attempt", "2")])];
         let mut plain = span("mq publish", "middleware", &[]);
         plain.span_id = "s2".into();
         let rows = extractor.spans(&[carrier, plain.clone(), plain]);
-        let event = rows.iter().find(|r| r.record == "event").unwrap();
+        let events: Vec<_> = rows.iter().filter(|r| r.record == "event").collect();
+        assert_eq!(events.len(), 1, "an event that says nothing of its own is not a business event");
+        let event = events[0];
         assert_eq!((event.milestone.as_str(), event.key_values.as_slice(), event.time_ns), ("shipment.delivered", &["SH-1".to_string()][..], 5_000));
         let presence: Vec<_> = rows.iter().filter(|r| r.record == "presence").collect();
         assert_eq!(presence.len(), 1, "one presence row per trace and system");

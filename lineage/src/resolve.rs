@@ -22,8 +22,10 @@ use crate::journey::{self, Milestone};
 /// Bytes of one rendered `IN (...)` list, under ClickHouse's default
 /// 256 KiB query size limit.
 const LIST_BYTES: usize = 192 * 1024;
-/// Traces per resolve step when catching up or rebuilding.
+/// Traces per resolve step.
 const TRACES_PER_STEP: usize = 5000;
+/// Traces waiting beyond this many are dropped and caught up from the store.
+const MAX_PENDING_TRACES: usize = 500_000;
 /// Events ingested this long before the recorded progress are looked at
 /// again after a restart: their notification may not have been handled.
 const CATCH_UP_MARGIN: Duration = Duration::from_secs(300);
@@ -87,6 +89,13 @@ impl Resolver {
             while let Ok(traces) = notifications.try_recv() {
                 pending.extend(traces);
             }
+            if pending.len() > MAX_PENDING_TRACES {
+                // Far behind: forget the names and catch up from the store
+                // (progress is not recorded while traces are pending).
+                tracing::warn!(traces = pending.len(), "lineage is far behind ingest; catching up from the store");
+                pending.clear();
+                caught_up = false;
+            }
             if !caught_up {
                 match self.catch_up().await {
                     Ok(resolved) => {
@@ -100,18 +109,20 @@ impl Resolver {
             }
             metrics::PENDING_TRACES.set(pending.len() as i64);
             if !pending.is_empty() {
+                // A bounded step, so memory and the engine's time per step stay bounded.
+                let step: BTreeSet<String> = pending.iter().take(TRACES_PER_STEP).cloned().collect();
                 let timer = metrics::RESOLVE_SECONDS.start_timer();
-                match self.resolve_traces(&pending, now_ns()).await {
+                match self.resolve_traces(&step, now_ns()).await {
                     Ok(resolved) => {
                         timer.observe_duration();
                         metrics::RESOLVED_EVENTS.inc_by(resolved.events as u64);
                         metrics::TRANSACTIONS_WRITTEN.inc_by(resolved.transactions as u64);
-                        pending.clear();
-                        metrics::PENDING_TRACES.set(0);
+                        pending.retain(|trace| !step.contains(trace));
+                        metrics::PENDING_TRACES.set(pending.len() as i64);
                     }
                     Err(err) => {
                         timer.stop_and_discard();
-                        tracing::warn!(error = %err, traces = pending.len(), "lineage not resolved; retrying");
+                        tracing::warn!(error = %err, traces = step.len(), "lineage not resolved; retrying");
                     }
                 }
             }
