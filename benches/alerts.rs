@@ -60,12 +60,12 @@ fn events_sql(events: usize, now: i64) -> String {
 fn transactions_sql(transactions: usize, now: i64) -> String {
     format!(
         "INSERT INTO transactions ({columns})
-         SELECT hex(cityHash128(number)), 'order', concat('PO-', toString(number)),
+         SELECT hex(sipHash128(number)), 'order', concat('PO-', toString(number)),
                 multiIf(number % 10 = 0, 'stuck', number % 37 = 0, 'failed', number % 3 = 0, 'in_flight', 'completed') AS state,
                 ['order', 'sales_order', 'partner'], [concat('PO-', toString(number)), concat('SO-', toString(number)), concat('PARTNER-', toString(number % 40))],
                 ['portal', 'erp', 'wms', 'billing'],
                 ['order.captured', 'order.accepted', 'shipment.dispatched'], ['portal', 'erp', 'wms'],
-                [fromUnixTimestamp64Nano({now} - toInt64(cityHash64(number) % {DAY_NS}) AS t0),
+                [(fromUnixTimestamp64Nano({now} - toInt64(cityHash64(number) % {DAY_NS})) AS t0),
                  t0 + toIntervalMinute(cityHash64(number, 1) % 30), t0 + toIntervalHour(cityHash64(number, 2) % 20)],
                 ['ok', if(number % 37 = 0, 'rejected', 'ok'), 'ok'], ['', '', ''], ['', '', ''],
                 if(state = 'stuck', ['invoice.posted'], []), if(state = 'stuck', [t0 + toIntervalHour(48)], []),
@@ -79,7 +79,7 @@ fn transactions_sql(transactions: usize, now: i64) -> String {
 fn spans_sql(spans: usize, now: i64) -> String {
     format!(
         "INSERT INTO otel_traces (Timestamp, TraceId, SpanId, SpanName, SpanKind, ServiceName, SpanAttributes, Duration, StatusCode)
-         SELECT fromUnixTimestamp64Nano({now} - toInt64(cityHash64(number) % {DAY_NS})), lower(hex(cityHash128(number))), lower(hex(cityHash64(number, 1))),
+         SELECT fromUnixTimestamp64Nano({now} - toInt64(cityHash64(number) % {DAY_NS})), lower(hex(sipHash128(number))), lower(hex(cityHash64(number, 1))),
                 'POST /api', 'Client', ['portal', 'middleware', 'erp', 'wms', 'billing'][number % 5 + 1],
                 map('peer.service', ['erp', 'wms', 'carrier', 'tax-saas'][number % 4 + 1]), 1000000,
                 if(cityHash64(number, 2) % 100 = 0, 'Error', 'Ok')
