@@ -1,8 +1,10 @@
 //! Each SLI as one SQL query over the store, returning a value and a sample
-//! count per group. Business events are read with FINAL, so a record
-//! stored twice (a resent batch) counts once; windows are in business time
-//! (the records' source time), except latency from source time, which
-//! counts by arrival.
+//! count per group. Business events are read through [`events`]: one row
+//! per record however many copies a resent batch stored, found through the
+//! `by_milestone` projection (ordered by milestone and source time) so a
+//! rule reads its window, not the table. Windows are in business time (the
+//! records' source time), except latency from source time, which counts by
+//! arrival.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -84,20 +86,24 @@ pub fn query(rule: &Rule, now_ns: i64) -> String {
             match key {
                 None => format!(
                     "SELECT {group} AS dims, quantile({quantile})((toUnixTimestamp64Micro(Ingested) - toUnixTimestamp64Micro(SourceTime)) / 1e6) AS value, count() AS samples \
-                     FROM biz_events AS b FINAL WHERE Milestone = {to_milestone} AND Ingested >= {start} AND Ingested <= {now} GROUP BY dims"
+                     FROM {} AS b GROUP BY dims",
+                    // Arrival lags source time by the latency measured; a day bounds the read.
+                    events(&format!("Milestone = {to_milestone} AND SourceTime >= {start} - toIntervalDay(1) AND Ingested >= {start} AND Ingested <= {now}"))
                 ),
                 Some(kind) => {
                     let kind = quote_string(kind);
                     let paired_from = format!("{start} - toIntervalSecond({})", rule.window.as_secs().max(1));
                     format!(
                         "SELECT {group} AS dims, quantile({quantile})((toUnixTimestamp64Nano(b.SourceTime) - toUnixTimestamp64Nano(a.SourceTime)) / 1e9) AS value, count() AS samples \
-                         FROM (SELECT *, KeyValues[indexOf(KeyKinds, {kind})] AS pair FROM biz_events FINAL \
-                               WHERE Milestone = {to_milestone} AND has(KeyKinds, {kind}) AND SourceTime >= {start} AND SourceTime <= {now}) AS b \
-                         ASOF JOIN (SELECT KeyValues[indexOf(KeyKinds, {kind})] AS pair, SourceTime FROM biz_events FINAL \
-                               WHERE Milestone = {from} AND has(KeyKinds, {kind}) AND SourceTime >= {paired_from} AND SourceTime <= {now}) AS a \
+                         FROM (SELECT *, KeyValues[indexOf(KeyKinds, {kind})] AS pair FROM {to_events}) AS b \
+                         ASOF JOIN (SELECT KeyValues[indexOf(KeyKinds, {kind})] AS pair, SourceTime FROM {from_events}) AS a \
                          ON b.pair = a.pair AND b.SourceTime >= a.SourceTime \
                          GROUP BY dims",
-                        from = quote_string(from),
+                        to_events = events(&format!("Milestone = {to_milestone} AND SourceTime >= {start} AND SourceTime <= {now} AND has(KeyKinds, {kind})")),
+                        from_events = events(&format!(
+                            "Milestone = {} AND SourceTime >= {paired_from} AND SourceTime <= {now} AND has(KeyKinds, {kind})",
+                            quote_string(from)
+                        )),
                     )
                 }
             }
@@ -106,11 +112,8 @@ pub fn query(rule: &Rule, now_ns: i64) -> String {
             let outcome = outcome.as_ref().map(|o| format!(" AND Outcome = {}", quote_string(o))).unwrap_or_default();
             let value = if matches!(rule.sli, Sli::Rate { .. }) { format!("count() / {seconds}") } else { "count()".to_owned() };
             let group = groups(rule, |d| event_dimension(d, ""));
-            format!(
-                "SELECT {group} AS dims, toFloat64({value}) AS value, count() AS samples FROM biz_events FINAL \
-                 WHERE Milestone = {}{outcome} AND SourceTime >= {start} AND SourceTime <= {now} GROUP BY dims",
-                quote_string(milestone)
-            )
+            let rows = events(&format!("Milestone = {}{outcome} AND SourceTime >= {start} AND SourceTime <= {now}", quote_string(milestone)));
+            format!("SELECT {group} AS dims, toFloat64({value}) AS value, count() AS samples FROM {rows} GROUP BY dims")
         }
         Sli::Overdue { milestone } => {
             let by_milestone = rule.group_by.iter().any(|d| d == "milestone");
@@ -138,6 +141,17 @@ pub fn query(rule: &Rule, now_ns: i64) -> String {
             )
         }
     }
+}
+
+/// The business events matching `condition`, one row per record: copies
+/// stored by a resent batch share the table's sorting key and are read
+/// once. Only the columns of the `by_milestone` projection are read, so
+/// ClickHouse can answer from it.
+fn events(condition: &str) -> String {
+    format!(
+        "(SELECT TraceId, Record, SpanId, RecordIndex, SourceTime, Milestone, System, Outcome, KeyKinds, KeyValues, Source, Ingested \
+         FROM biz_events WHERE {condition} LIMIT 1 BY TraceId, Record, SpanId, RecordIndex, Milestone, System)"
+    )
 }
 
 /// `[expr, ...]` of the group dimensions, as strings.

@@ -86,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
             statements
         },
     },
+    Migration {
+        version: 7,
+        name: "business events by milestone and source time, for alert rules",
+        statements: |target| target.add_milestone_projection(),
+    },
 ];
 
 /// The newest schema version this build knows.

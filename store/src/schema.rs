@@ -472,6 +472,21 @@ WHERE notEmpty(LinkedTraceIds)",
         )
     }
 
+    /// A projection of `biz_events` ordered by milestone and source time,
+    /// which alert rules read their windows from. A ReplacingMergeTree
+    /// with a projection must say what merges do to it: rebuild it.
+    pub fn add_milestone_projection(&self) -> Vec<String> {
+        let table = format!("{}.{}{}", self.db(), quote_identifier(&self.storage_table(&BIZ_EVENTS)), self.on_cluster());
+        vec![
+            format!("ALTER TABLE {table} MODIFY SETTING deduplicate_merge_projection_mode = 'rebuild'"),
+            format!(
+                "ALTER TABLE {table} ADD PROJECTION IF NOT EXISTS by_milestone (SELECT TraceId, Record, SpanId, RecordIndex, SourceTime, Milestone, \
+                 System, Outcome, KeyKinds, KeyValues, Source, Ingested ORDER BY Milestone, SourceTime)"
+            ),
+            format!("ALTER TABLE {table} MATERIALIZE PROJECTION by_milestone"),
+        ]
+    }
+
     /// Changes a table's retention to the configured number of days.
     pub fn modify_ttl(&self, table: &TableDef) -> Option<String> {
         let ttl = self.ttl_expression(table)?;
