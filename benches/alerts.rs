@@ -37,10 +37,11 @@ fn cpu_time() -> Duration {
 
 /// 10 M business events over the last day: orders' milestones (captured,
 /// accepted, dispatched, posted) with ~2 % failures, and inventory changes
-/// and their publication paired by SKU, across six systems.
+/// and their publication paired by SKU, across six systems. Each arrived
+/// up to 2 s after its record's time, as if ingested over the day.
 fn events_sql(events: usize, now: i64) -> String {
     format!(
-        "INSERT INTO biz_events (TraceId, Record, SpanId, RecordIndex, Time, SourceTime, Milestone, System, Outcome, KeyKinds, KeyValues, LinkedTraceIds, Source)
+        "INSERT INTO biz_events (TraceId, Record, SpanId, RecordIndex, Time, SourceTime, Milestone, System, Outcome, KeyKinds, KeyValues, LinkedTraceIds, Source, Ingested)
          SELECT lower(hex(cityHash64(intDiv(number, 3)))), 'span', lower(hex(cityHash64(number, 1))), 0,
                 fromUnixTimestamp64Nano({now} - toInt64(cityHash64(number, 2) % {DAY_NS})) AS t,
                 t - toIntervalSecond(cityHash64(number, 3) % 600),
@@ -50,7 +51,7 @@ fn events_sql(events: usize, now: i64) -> String {
                 if(m LIKE 'inventory.%', ['sku'], ['order', 'partner']),
                 if(m LIKE 'inventory.%', [concat('SKU-', toString(intDiv(number, 6) % 20000))],
                    [concat('PO-', toString(intDiv(number, 6))), concat('PARTNER-', toString(cityHash64(intDiv(number, 6)) % 40))]),
-                [], ''
+                [], '', t + toIntervalMillisecond(cityHash64(number, 5) % 2000)
          FROM numbers({events})"
     )
 }
