@@ -156,7 +156,14 @@ async fn one_order_fans_out_to_two_shipments() {
     }];
     systems.send("carrier", delivered).await;
 
-    let transaction = service.transaction("SH-202", 4, "in_flight").await;
+    // Done once the carrier's event, sent last, has joined.
+    let found = service
+        .transactions_when("SH-202", |found| {
+            found.len() == 1 && found[0]["milestones"].as_array().is_some_and(|m| m.iter().any(|m| m["name"] == "shipment.delivered"))
+        })
+        .await;
+    let transaction = found[0].clone();
+    assert_eq!(transaction["state"], "in_flight");
     assert_eq!(key_values(&transaction), ["order=PO-200", "sales_order=SO-200", "shipment=SH-201", "shipment=SH-202"]);
     let milestones = milestone_names(&transaction);
     assert_eq!(milestones.iter().filter(|m| *m == "shipment.dispatched").count(), 2, "{milestones:?}");
