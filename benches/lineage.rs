@@ -17,6 +17,8 @@
 //!    ERP traces of the orders before them, and so on. Lookups run beside
 //!    it. The same SQL the resolver issues is then replayed for one step to
 //!    show where its time goes.
+//! 4. **the service's loop**: `Resolver::run`, fed the same way through its
+//!    notifier one step per second, watched through its own metrics.
 //!
 //! Run: `cargo bench --bench lineage`. Environment: BENCH_TRANSACTIONS
 //! (1,000,000), BENCH_LOOKUPS (2000), BENCH_STEP_EVENTS (business events per
@@ -35,7 +37,7 @@ use waybill_lineage::resolve::{transaction_id, EVENT_COLUMNS, TRANSACTION_COLUMN
 use waybill_lineage::{LineageConfig, Resolver};
 use waybill_store::engine::{Engine, EngineQuery};
 use waybill_store::sql::quote_string;
-use waybill_store::{BizEventRow, EdgeRow, KeyTraceRow, SchemaTarget, Store, TransactionKeyRow, TransactionRow};
+use waybill_store::{BizEventRow, EdgeRow, KeyTraceRow, ProgressRow, SchemaTarget, Store, TransactionKeyRow, TransactionRow};
 
 const SEC: i64 = 1_000_000_000;
 const MIN: i64 = 60 * SEC;
@@ -568,7 +570,10 @@ fn replay(engine: &Engine, blocks: &[Vec<Flow>], step: &ResolveStep) {
             format!("SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({list}) AND Down = {down}")
         }
     };
-    println!("  where one steady-state step's time goes ({} traces; its queries replayed on the engine, then its inserts through the store):", step_traces.len());
+    println!(
+        "  where one steady-state step's time goes ({} traces; its queries replayed on the engine, then its inserts through the store):",
+        step_traces.len()
+    );
     phase("load the step's traces", traces(&step_traces, &load));
     phase(
         "traces linking to them",
@@ -618,6 +623,103 @@ async fn replay_inserts(store: &Store, blocks: &[Vec<Flow>], step: &ResolveStep,
         keys.len(),
         transactions.len()
     );
+}
+
+/// Calls `by_key` for a random stored order every 20 ms, as a user of the
+/// pages would, until the flag is set; returns the latencies.
+fn lookups_beside(store: &Store, total: u64, now: i64, seed: u64) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<Duration>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            let mut latencies = Vec::new();
+            let mut seed = seed;
+            while !stop.load(Ordering::Relaxed) {
+                seed += 1;
+                let flow = stored_flow(mix(seed) % total, total, now);
+                let started = Instant::now();
+                api::by_key(&store, &flow.order_key.1, None, None, 50).await.unwrap();
+                latencies.push(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            latencies
+        }
+    });
+    (stop, task)
+}
+
+/// A metric of the default registry: a gauge's or counter's value, or a
+/// histogram's sample count and sum.
+fn metric(name: &str) -> (f64, u64, f64) {
+    let families = prometheus::gather();
+    let Some(metric) = families.iter().find(|f| f.name() == name).and_then(|f| f.get_metric().first()) else { return (0.0, 0, 0.0) };
+    let histogram = metric.get_histogram();
+    (metric.get_gauge().get_value() + metric.get_counter().get_value(), histogram.get_sample_count(), histogram.get_sample_sum())
+}
+
+/// The service's own loop, `Resolver::run` with the default config, fed as
+/// the pipeline feeds it: each second one step's events are inserted in
+/// batches and each batch's traces are sent to its notifier. Prints, each
+/// second, what arrived and what the loop resolved (its metrics).
+async fn live_loop(store: &Store, config: &LineageConfig, blocks: &[Vec<Flow>], steps: &[ResolveStep], total: u64, now: i64) {
+    // Everything already stored counts as resolved, so the loop's catch-up
+    // after start finds nothing to do.
+    let progress = ProgressRow { name: "resolver".into(), resolved_before_us: now_ns() / 1000 + 600_000_000, version: now_ns() as u64 };
+    store.insert("lineage_progress", &[progress]).await.unwrap();
+    waybill_lineage::resolve::register_metrics();
+    let resolved_before = metric("waybill_lineage_resolved_events_total").0;
+    let (steps_before, seconds_before) = {
+        let (_, count, sum) = metric("waybill_lineage_resolve_duration_seconds");
+        (count, sum)
+    };
+    let (notifier, notifications) = tokio::sync::mpsc::unbounded_channel();
+    let (shutdown, stopped) = tokio::sync::watch::channel(false);
+    let resolver = Resolver::new(store.clone(), config.clone()).unwrap();
+    let running = tokio::spawn(resolver.run(notifications, stopped));
+    let (stop, beside) = lookups_beside(store, total, now, 9_000_000);
+
+    let started = Instant::now();
+    let (mut arrived_events, mut arrived_traces) = (0usize, 0usize);
+    for (s, step) in steps.iter().enumerate() {
+        let rows: Vec<BizEventRow> =
+            step.parts.iter().flat_map(|&(block, stage)| blocks[block].iter().flat_map(move |f| f.stages[stage].iter().cloned())).collect();
+        for batch in rows.chunks(PIPELINE_BATCH_ROWS) {
+            store.insert("biz_events", batch).await.unwrap();
+            let traces: BTreeSet<String> = batch.iter().map(|r| r.trace_id.clone()).collect();
+            arrived_traces += traces.len();
+            notifier.send(traces.into_iter().collect()).unwrap();
+        }
+        arrived_events += rows.len();
+        tokio::time::sleep_until((started + Duration::from_secs(s as u64 + 1)).into()).await;
+        let (pending, _, _) = metric("waybill_lineage_pending_traces");
+        let resolved = metric("waybill_lineage_resolved_events_total").0 - resolved_before;
+        println!(
+            "  {:>3} s: {arrived_events:>7} events in {arrived_traces:>6} traces arrived; {resolved:>7.0} events resolved; {pending:>6.0} traces pending",
+            s + 1
+        );
+    }
+    // Then as long again with nothing arriving: the loop's pace on a backlog.
+    for s in steps.len()..2 * steps.len() {
+        tokio::time::sleep_until((started + Duration::from_secs(s as u64 + 1)).into()).await;
+        let (pending, _, _) = metric("waybill_lineage_pending_traces");
+        let resolved = metric("waybill_lineage_resolved_events_total").0 - resolved_before;
+        println!("  {:>3} s: nothing more arrived;                    {resolved:>7.0} events resolved; {pending:>6.0} traces pending", s + 1);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let resolved = metric("waybill_lineage_resolved_events_total").0 - resolved_before;
+    let (_, count, sum) = metric("waybill_lineage_resolve_duration_seconds");
+    let _ = shutdown.send(true);
+    running.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut beside = beside.await.unwrap();
+    println!(
+        "  live loop over {elapsed:.0} s: {:.0} events/s arrived, {:.0} events/s resolved ({} steps of up to 5,000 traces, {:.2} s each on average, one per resolve interval)",
+        arrived_events as f64 / elapsed,
+        resolved / elapsed,
+        count - steps_before,
+        (sum - seconds_before) / (count - steps_before).max(1) as f64
+    );
+    println!("  by_key beside the live loop {}", summary(&mut beside));
 }
 
 /// `sql(list)` for `items` (SQL literals) packed into `IN` lists as the
@@ -706,7 +808,7 @@ async fn main() {
         let kind = KINDS[n % 4];
         let Some((_, value)) = flow.key_of(kind) else { continue };
         let started = Instant::now();
-        let found = api::by_key(&store, value, None, 50).await.unwrap();
+        let found = api::by_key(&store, value, None, None, 50).await.unwrap();
         let took = started.elapsed();
         assert!(found.iter().any(|t| t.id == flow.id()), "by_key({value}) must find order {}", flow.order);
         by_kind.entry(kind).or_default().push(took);
@@ -765,25 +867,7 @@ async fn main() {
         blocks_total * flows_per_block
     );
 
-    // Lookups beside the resolver, as a user of the pages would make them.
-    let stop = Arc::new(AtomicBool::new(false));
-    let beside = tokio::spawn({
-        let (store, stop) = (store.clone(), stop.clone());
-        async move {
-            let mut latencies = Vec::new();
-            let mut seed = 5_000_000u64;
-            while !stop.load(Ordering::Relaxed) {
-                seed += 1;
-                let flow = stored_flow(mix(seed) % total, total, now);
-                let started = Instant::now();
-                api::by_key(&store, &flow.order_key.1, None, 50).await.unwrap();
-                latencies.push(started.elapsed());
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            latencies
-        }
-    });
-
+    let (stop, beside) = lookups_beside(&store, total, now, 5_000_000);
     let mut resolver = Resolver::new(store.clone(), config.clone()).unwrap();
     let (mut steady_events, mut steady_traces, mut steady_resolve, mut steady_insert) = (0usize, 0usize, Duration::ZERO, Duration::ZERO);
     for (s, step) in steps.iter().enumerate() {
@@ -856,6 +940,17 @@ async fn main() {
 
     replay(&engine, &blocks, &steps[3]);
     replay_inserts(&store, &blocks, &steps[3], &journey, now).await;
+
+    // 4. The service's loop at the collector's target rate.
+    let first_live = first_new + (blocks_total * flows_per_block) as u64;
+    let live_blocks: Vec<Vec<Flow>> = (0..blocks_total)
+        .map(|b| {
+            let start = first_live + (b * flows_per_block) as u64;
+            (start..start + flows_per_block as u64).map(|i| Flow::new(i, now - 31 * HOUR + (i - first_live) as i64 * 1_000_000)).collect()
+        })
+        .collect();
+    println!("the service's resolver loop (Resolver::run, resolve interval {} ms), fed one step per second:", config.resolve_interval_ms);
+    live_loop(&store, &config, &live_blocks, &steps, total, now).await;
     println!("peak resident memory of the bench process (engine included): {}", peak_rss());
     store.close().await;
 }

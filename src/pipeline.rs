@@ -371,25 +371,24 @@ async fn write_batches(
         let carries_logs: Vec<bool> = batch.iter().map(|s| !s.logs.is_empty()).collect();
         let spans: Vec<SpanRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.spans)).collect();
         let logs: Vec<LogRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.logs)).collect();
-        // Each table on its own: a trace client's answer depends only on its spans.
+        // Business events first: their table keeps one row per record, so
+        // if the raw rows then fail and the client resends, nothing doubles;
+        // the other way round, a failed business write would make the resend
+        // store the spans again under a new token.
+        let business: Vec<BizEventRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.business)).collect();
         let span = tracing::info_span!("write_batch", requests = batch.len(), rows);
-        let (spans_result, logs_result) = async {
+        let (business_result, spans_result, logs_result) = async {
+            let business_result = write_table(&store, "biz_events", &business, &format!("{token}-biz"), config.retry_for).await;
+            if business_result.is_err() {
+                return (business_result.clone(), business_result.clone(), business_result);
+            }
+            // Each table on its own: a trace client's answer depends only on its spans.
             let spans_result = write_table(&store, "otel_traces", &spans, &format!("{token}-spans"), config.retry_for).await;
             let logs_result = write_table(&store, "otel_logs", &logs, &format!("{token}-logs"), config.retry_for).await;
-            (spans_result, logs_result)
+            (business_result, spans_result, logs_result)
         }
         .instrument(span)
         .await;
-        // The business events of the stored records; a request is answered
-        // once they are stored too.
-        let stored: Vec<bool> = carries_logs.iter().map(|&logs| if logs { logs_result.is_ok() } else { spans_result.is_ok() }).collect();
-        let business: Vec<BizEventRow> = batch
-            .iter_mut()
-            .zip(&stored)
-            .filter(|(_, stored)| **stored)
-            .flat_map(|(s, _)| std::mem::take(&mut s.business))
-            .collect();
-        let business_result = write_table(&store, "biz_events", &business, &format!("{token}-biz"), config.retry_for).await;
         if let (Ok(()), Some(resolver)) = (&business_result, &resolver) {
             let traces: BTreeSet<&str> = business.iter().map(|row| row.trace_id.as_str()).collect();
             if !traces.is_empty() {
@@ -401,7 +400,6 @@ async fn write_batches(
         let mut ledger = ledger.lock().expect("ledger lock");
         for (submission, carries_logs) in batch.into_iter().zip(carries_logs) {
             let result = if carries_logs { logs_result.clone() } else { spans_result.clone() };
-            let result = result.and_then(|()| business_result.clone());
             if result.is_ok() {
                 ledger.stored.insert(submission.digest);
             }

@@ -238,7 +238,9 @@ impl Alerts {
                 detail: String::new(),
             })
             .collect();
-        store.insert("alert_history", &history).await?;
+        // Receivers hear of this cycle even if the store does not take its
+        // record: the state in memory has already moved on.
+        let history_result = store.insert("alert_history", &history).await;
         let mut states: BTreeMap<(String, String), AlertStateRow> = BTreeMap::new();
         for alert in changes.iter().map(|(a, _)| a).chain(&touched) {
             let mut alert = alert.clone();
@@ -248,11 +250,13 @@ impl Alerts {
             states.insert((alert.rule.clone(), alert.group_key.clone()), state_row(&alert));
         }
         let states: Vec<AlertStateRow> = states.into_values().collect();
-        store.insert("alert_state", &states).await?;
-        metrics::EVALUATIONS.inc();
+        let state_result = store.insert("alert_state", &states).await;
         metrics::FIRING.set(self.inner.state.read().expect("alerts lock").alerts.values().filter(|a| a.phase == Phase::Firing).count() as i64);
 
         self.deliver(&rules, &silences, &changes, &touched, now_ns);
+        history_result?;
+        state_result?;
+        metrics::EVALUATIONS.inc();
         Ok(())
     }
 

@@ -192,6 +192,9 @@ impl RulesFile {
                 if from != "source_time" && key.is_none() {
                     return Err(at("a latency between two milestones needs key: <kind> (the key both carry), or from: source_time"));
                 }
+                if from == "source_time" && key.is_some() {
+                    return Err(at("from: source_time measures each record on its own: remove key"));
+                }
             }
             for dimension in &rule.group_by {
                 let allowed = match rule.sli {

@@ -77,7 +77,10 @@ pub async fn create(store: &Store, request: NewSilence, now_ns: i64) -> Result<R
             Err(err) => return Ok(Err(format!("duration {duration:?} is not like 30m or 2h: {err}"))),
         },
         (None, Some(ends_at)) => match humantime::parse_rfc3339_weak(ends_at) {
-            Ok(t) => t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
+            Ok(t) => match t.duration_since(std::time::UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_nanos()).ok()) {
+                Some(ns) => ns,
+                None => return Ok(Err(format!("ends_at {ends_at:?} is out of range: give a time between 1970 and 2262"))),
+            },
             Err(err) => return Ok(Err(format!("ends_at {ends_at:?} is not an RFC 3339 time: {err}"))),
         },
         _ => return Ok(Err("give either duration (e.g. \"2h\") or ends_at (RFC 3339)".into())),

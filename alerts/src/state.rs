@@ -115,9 +115,11 @@ impl Alert {
     }
 }
 
-/// `a=x,b=y` in label order.
+/// `a=x,b=y` in label order, with `\\`, `,` and `=` in values escaped so
+/// two groups never share a key.
 pub fn group_key(group: &BTreeMap<String, String>) -> String {
-    group.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    let escape = |v: &str| v.replace('\\', "\\\\").replace(',', "\\,").replace('=', "\\=");
+    group.iter().map(|(k, v)| format!("{k}={}", escape(v))).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -152,5 +154,8 @@ mod tests {
         let mut alert = Alert::new("r", BTreeMap::from([("system".to_string(), "erp".to_string())]));
         assert_eq!(alert.observe(true, 3.0, 3, 0, 5), Some(Change::Firing));
         assert_eq!(alert.group_key, "system=erp");
+        let tricky = |v: &str| group_key(&BTreeMap::from([("a".to_string(), v.to_string()), ("b".to_string(), "x".to_string())]));
+        assert_ne!(tricky("1,b=x"), group_key(&BTreeMap::from([("a".to_string(), "1".to_string()), ("b".to_string(), "x,b=x".to_string())])));
+        assert_eq!(tricky("1,b=x"), r"a=1\,b\=x,b=x");
     }
 }

@@ -110,18 +110,18 @@ pub async fn by_id(store: &Store, id: &str) -> Result<Option<Transaction>, Store
     Ok(rows.into_iter().next().map(Transaction::from))
 }
 
-/// Every transaction with a key of this value (and kind), newest first.
-pub async fn by_key(store: &Store, value: &str, kind: Option<&str>, limit: usize) -> Result<Vec<Transaction>, StoreError> {
+/// Transactions with a key of this value (and kind, and in `state`),
+/// newest first, at most `limit`.
+pub async fn by_key(store: &Store, value: &str, kind: Option<&str>, state: Option<TxState>, limit: usize) -> Result<Vec<Transaction>, StoreError> {
     let kind = kind.map(|k| format!(" AND Kind = {}", quote_string(k))).unwrap_or_default();
+    let state = state.map(|s| format!(" WHERE State = {}", quote_string(s.as_str()))).unwrap_or_default();
     let sql = format!(
-        "SELECT {TRANSACTION_COLUMNS} FROM transactions \
+        "SELECT * FROM (SELECT {TRANSACTION_COLUMNS} FROM transactions \
          WHERE Id IN (SELECT Id FROM transaction_keys WHERE Value = {}{kind}) \
-         ORDER BY Version DESC LIMIT 1 BY Id",
+         ORDER BY Version DESC LIMIT 1 BY Id){state} ORDER BY Updated DESC, Id LIMIT {limit}",
         quote_string(value),
     );
-    let mut rows: Vec<TransactionRow> = store.fetch_all(&sql).await?;
-    rows.sort_by(|a, b| b.updated_ns.cmp(&a.updated_ns).then_with(|| a.id.cmp(&b.id)));
-    rows.truncate(limit);
+    let rows: Vec<TransactionRow> = store.fetch_all(&sql).await?;
     Ok(rows.into_iter().map(Transaction::from).collect())
 }
 
@@ -164,9 +164,7 @@ async fn list(State(store): State<Store>, query: Result<Query<ListQuery>, axum::
         None => None,
     };
     let result = match (query.key.as_deref(), state) {
-        (Some(key), state) => by_key(&store, key, query.kind.as_deref(), MAX_LIMIT)
-            .await
-            .map(|found| found.into_iter().filter(|t| state.is_none_or(|s| t.state == s.as_str())).take(limit).collect()),
+        (Some(key), state) => by_key(&store, key, query.kind.as_deref(), state, limit).await,
         (None, Some(state)) => by_state(&store, state, limit).await,
         (None, None) => return error(StatusCode::BAD_REQUEST, "give key=VALUE (optionally kind=KIND) or state=STATE"),
     };

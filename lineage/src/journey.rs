@@ -52,7 +52,8 @@ pub struct Evaluation {
     pub state: State,
     /// Milestones past their deadline and not reached, with the deadline.
     pub overdue: Vec<(String, i64)>,
-    /// The next deadline that would change the state by time alone; 0: none.
+    /// The next deadline still ahead, which would change the state or its
+    /// overdue milestones by time alone; 0: none.
     pub next_due_ns: i64,
 }
 
@@ -97,7 +98,8 @@ pub fn evaluate(journey: &[Step], milestones: &[Milestone], now_ns: i64) -> Eval
     } else {
         State::InFlight
     };
-    if state != State::InFlight {
+    // A stuck transaction can still pass later deadlines; a finished one cannot.
+    if matches!(state, State::Completed | State::Failed) {
         next_due_ns = 0;
     }
     Evaluation { state, overdue, next_due_ns }

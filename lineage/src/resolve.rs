@@ -30,6 +30,8 @@ const MAX_PENDING_TRACES: usize = 500_000;
 /// again after a restart: their notification may not have been handled.
 const CATCH_UP_MARGIN: Duration = Duration::from_secs(300);
 const PROGRESS_NAME: &str = "resolver";
+/// Catching up reads this much ingest time at a time.
+const CATCH_UP_PAGE: Duration = Duration::from_secs(600);
 
 /// Where the pipeline tells the resolver which traces got new business events.
 pub type Notifier = mpsc::UnboundedSender<Vec<String>>;
@@ -149,13 +151,33 @@ impl Resolver {
             .fetch_all(&format!("SELECT ResolvedBefore FROM lineage_progress FINAL WHERE Name = {}", quote_string(PROGRESS_NAME)))
             .await?;
         let since_us = progress.first().map_or(0, |us| us - CATCH_UP_MARGIN.as_micros() as i64);
-        let traces: Vec<String> = self
+        let first: Vec<i64> = self
             .store
-            .fetch_all(&format!(
-                "SELECT DISTINCT TraceId FROM biz_events WHERE Ingested >= fromUnixTimestamp64Micro({since_us}) ORDER BY TraceId"
-            ))
+            .fetch_all(&format!("SELECT toUnixTimestamp64Micro(min(Ingested)) FROM biz_events WHERE Ingested >= fromUnixTimestamp64Micro({since_us})"))
             .await?;
-        self.resolve_in_chunks(traces, |_, _| {}).await
+        let until_us = now_us();
+        // min() over no rows is the epoch: then there is nothing to catch up.
+        let mut from_us = first.first().copied().filter(|&us| us > 0).unwrap_or(until_us).max(since_us);
+        let mut total = Resolved::default();
+        // A page of ingest time at a time, so memory stays bounded however
+        // far behind the resolver is; progress is recorded after each.
+        while from_us < until_us {
+            let to_us = (from_us + CATCH_UP_PAGE.as_micros() as i64).min(until_us);
+            let traces: Vec<String> = self
+                .store
+                .fetch_all(&format!(
+                    "SELECT DISTINCT TraceId FROM biz_events \
+                     WHERE Ingested >= fromUnixTimestamp64Micro({from_us}) AND Ingested < fromUnixTimestamp64Micro({to_us}) ORDER BY TraceId"
+                ))
+                .await?;
+            let resolved = self.resolve_in_chunks(traces, |_, _| {}).await?;
+            total.traces += resolved.traces;
+            total.events += resolved.events;
+            total.transactions += resolved.transactions;
+            self.save_progress(to_us).await?;
+            from_us = to_us;
+        }
+        Ok(total)
     }
 
     /// Resolves `traces` a few thousand at a time, reporting progress.
