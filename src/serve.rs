@@ -1,7 +1,10 @@
 //! `waybill serve`: opens the store, migrates it (retrying while a server is
-//! unreachable), serves the web port, the OTLP/HTTP receiver and the optional
-//! SQL endpoint, and on SIGTERM or Ctrl-C stops accepting, finishes requests
-//! (each acknowledged only once written) and closes the store.
+//! unreachable), serves the web port (health, metrics, the lineage and
+//! alerts APIs), the OTLP receivers and the optional SQL endpoint, runs the
+//! lineage resolver and the alert evaluator (SIGHUP reloads the rules), and
+//! on SIGTERM or Ctrl-C stops accepting, finishes requests (each
+//! acknowledged only once written), lets the resolver see the last batches
+//! and closes the store.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "web server listening (/healthz, /readyz, /metrics, /api/v1/transactions)");
+    tracing::info!(address = %listener.local_addr()?, "web server listening (/healthz, /readyz, /metrics, /api/v1/...)");
     let mut servers = Servers::new();
     servers.spawn("web server", serve_until(listener, app, shutdown_rx.clone()));
 
