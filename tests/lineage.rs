@@ -318,9 +318,23 @@ async fn span_links_join_a_batch_trace_to_the_orders_it_processed() {
         links: vec![portal[0].clone()],
         events: vec![],
     }];
-    systems.send("erp", wave).await;
-    let transaction = service.transaction("SO-800", 2, "in_flight").await;
-    assert_eq!(key_values(&transaction), ["order=PO-800", "sales_order=SO-800"]);
+    let wave = systems.send("erp", wave).await;
+    // A confirmation mailer with no business keys at all, linked to the wave.
+    let mailer = vec![Record::Span {
+        name: "send confirmation",
+        attributes: keys(&[("biz.milestone", "order.confirmed")]),
+        parent: None,
+        error: false,
+        links: vec![wave[0].clone()],
+        events: vec![],
+    }];
+    systems.send("mailer", mailer).await;
+    let found = service
+        .transactions_when("SO-800", |found| found.len() == 1 && milestone_names(&found[0]).contains(&"order.confirmed".to_owned()))
+        .await;
+    let transaction = &found[0];
+    assert_eq!(key_values(transaction), ["order=PO-800", "sales_order=SO-800"]);
+    assert!(strings(&transaction["systems"]).contains(&"mailer".to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

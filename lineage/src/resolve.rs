@@ -83,8 +83,10 @@ impl Resolver {
         let mut pending: BTreeSet<String> = BTreeSet::new();
         let mut caught_up = false;
         loop {
+            // With traces still waiting, the next step starts at once.
+            let pause = if pending.is_empty() { self.config.resolve_interval() } else { Duration::ZERO };
             let stopping = tokio::select! {
-                _ = tokio::time::sleep(self.config.resolve_interval()) => false,
+                _ = tokio::time::sleep(pause) => false,
                 _ = shutdown.wait_for(|stop| *stop) => true,
             };
             let started = now_us();
@@ -213,11 +215,14 @@ impl Resolver {
             let shared = loaded.shared(trace);
             for event in trace_events {
                 events += 1;
-                let keys = graph::effective_keys(event, &shared);
+                let mut keys = graph::effective_keys(event, &shared);
                 graph::edges_among(&keys, &self.config, &mut edges);
-                for linked in &event.linked_trace_ids {
-                    graph::edges_between(&keys, &loaded.shared(linked), &self.config, &mut edges);
-                    touched.extend(loaded.shared(linked));
+                let linked: BTreeSet<Key> = event.linked_trace_ids.iter().flat_map(|t| loaded.shared(t)).collect();
+                graph::edges_between(&keys, &linked, &self.config, &mut edges);
+                touched.extend(linked.iter().cloned());
+                // A trace without keys of its own belongs where its links point.
+                if keys.is_empty() {
+                    keys = linked;
                 }
                 for (kind, value) in &keys {
                     key_traces.insert(KeyTraceRow { kind: kind.clone(), value: value.clone(), trace_id: trace.clone() });
@@ -372,9 +377,18 @@ impl Resolver {
         for trace in traces {
             let shared = loaded.shared(trace);
             for event in loaded.events.get(*trace).into_iter().flatten() {
-                // A record belongs by its own keys, a record without any by its trace's.
+                // A record belongs by its own keys, a record without any by
+                // its trace's, and without those by the traces it links to.
                 let own: BTreeSet<Key> = graph::own_keys(event).collect();
-                let keys = if own.is_empty() { &shared } else { &own };
+                let linked: BTreeSet<Key>;
+                let keys = if !own.is_empty() {
+                    &own
+                } else if !shared.is_empty() {
+                    &shared
+                } else {
+                    linked = event.linked_trace_ids.iter().flat_map(|t| loaded.shared(t)).collect();
+                    &linked
+                };
                 if keys.iter().any(|k| closure.contains(k)) {
                     included.push(event);
                 }
