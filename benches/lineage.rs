@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use waybill_lineage::api;
 use waybill_lineage::config::Step;
-use waybill_lineage::journey::{self, Milestone, State};
-use waybill_lineage::resolve::{transaction_id, EVENT_COLUMNS, TRANSACTION_COLUMNS};
+use waybill_lineage::journey::State;
+use waybill_lineage::resolve::{transaction_id, transaction_row, EVENT_COLUMNS, TRANSACTION_COLUMNS};
 use waybill_lineage::{LineageConfig, Resolver};
 use waybill_store::engine::{Engine, EngineQuery};
 use waybill_store::sql::quote_string;
@@ -289,51 +289,10 @@ impl Flow {
     /// The transaction as the resolver assembles it: every event of the
     /// order belongs to it, in business time order.
     fn transaction(&self, journey: &[Step], now: i64, version: u64) -> TransactionRow {
-        let mut included: Vec<&BizEventRow> = self.events().collect();
-        included.sort_by_key(|e| (e.source_time_ns, e.time_ns));
-        let milestones: Vec<Milestone> = included
-            .iter()
-            .filter(|e| !e.milestone.is_empty())
-            .map(|e| Milestone {
-                name: e.milestone.clone(),
-                system: e.system.clone(),
-                time_ns: e.source_time_ns,
-                outcome: e.outcome.clone(),
-                trace_id: e.trace_id.clone(),
-                span_id: e.span_id.clone(),
-            })
-            .collect();
-        let mut systems: Vec<String> = Vec::new();
-        for event in &included {
-            if !systems.contains(&event.system) {
-                systems.push(event.system.clone());
-            }
-        }
-        let evaluation = journey::evaluate(journey, &milestones, now);
         let rank = |kind: &str| KINDS.iter().position(|k| *k == kind).unwrap_or(KINDS.len());
         let mut keys: Vec<Key> = self.closure(3).into_iter().collect();
         keys.sort_by(|a, b| (rank(&a.0), &a.0, &a.1).cmp(&(rank(&b.0), &b.0, &b.1)));
-        TransactionRow {
-            id: self.id(),
-            root_kind: self.order_key.0.clone(),
-            root_value: self.order_key.1.clone(),
-            state: evaluation.state.as_str().to_owned(),
-            key_kinds: keys.iter().map(|k| k.0.clone()).collect(),
-            key_values: keys.iter().map(|k| k.1.clone()).collect(),
-            systems,
-            milestone_names: milestones.iter().map(|m| m.name.clone()).collect(),
-            milestone_systems: milestones.iter().map(|m| m.system.clone()).collect(),
-            milestone_times_ns: milestones.iter().map(|m| m.time_ns).collect(),
-            milestone_outcomes: milestones.iter().map(|m| m.outcome.clone()).collect(),
-            milestone_trace_ids: milestones.iter().map(|m| m.trace_id.clone()).collect(),
-            milestone_span_ids: milestones.iter().map(|m| m.span_id.clone()).collect(),
-            overdue_milestones: evaluation.overdue.iter().map(|o| o.0.clone()).collect(),
-            overdue_due_ns: evaluation.overdue.iter().map(|o| o.1).collect(),
-            next_due_ns: evaluation.next_due_ns,
-            started_ns: included.first().map_or(0, |e| e.source_time_ns),
-            updated_ns: included.iter().map(|e| e.source_time_ns.max(e.time_ns)).max().unwrap_or(0),
-            version,
-        }
+        transaction_row(&self.order_key, &keys, self.events().collect(), journey, now, version)
     }
 
     /// A key of `kind` this order has, if it got that far.

@@ -48,13 +48,7 @@ pub fn effective_keys(event: &BizEventRow, shared: &BTreeSet<Key>) -> BTreeSet<K
 
 /// Both directions of every link among `keys` (pairs of different kinds).
 pub fn edges_among(keys: &BTreeSet<Key>, config: &LineageConfig, out: &mut BTreeSet<EdgeRow>) {
-    for a in keys {
-        for b in keys {
-            if config.rank(&a.0) < config.rank(&b.0) {
-                push_edge(a, b, out);
-            }
-        }
-    }
+    edges_between(keys, keys, config, out);
 }
 
 /// Both directions of the links between `from` and `to` (of different kinds).

@@ -394,50 +394,11 @@ impl Resolver {
                 }
             }
         }
-        included.sort_by_key(|e| (e.source_time_ns, e.time_ns));
-        let mut milestones: Vec<Milestone> = included
-            .iter()
-            .filter(|e| !e.milestone.is_empty())
-            .map(|e| Milestone {
-                name: e.milestone.clone(),
-                system: e.system.clone(),
-                time_ns: e.source_time_ns,
-                outcome: e.outcome.clone(),
-                trace_id: e.trace_id.clone(),
-                span_id: e.span_id.clone(),
-            })
-            .collect();
-        milestones.dedup();
-        let mut systems: Vec<String> = Vec::new();
-        for event in &included {
-            if !event.system.is_empty() && !systems.contains(&event.system) {
-                systems.push(event.system.clone());
-            }
-        }
+        let version = self.next_version();
         let journey = self.journeys.get(&root.0).map(Vec::as_slice).unwrap_or_default();
-        let evaluation = journey::evaluate(journey, &milestones, now_ns);
-        let mut ordered: Vec<&Key> = closure.iter().collect();
-        ordered.sort_by_key(|k| (self.config.rank(&k.0), &k.0, &k.1));
-        let mut row = TransactionRow {
-            id: transaction_id(root),
-            root_kind: root.0.clone(),
-            root_value: root.1.clone(),
-            key_kinds: ordered.iter().map(|k| k.0.clone()).collect(),
-            key_values: ordered.iter().map(|k| k.1.clone()).collect(),
-            systems,
-            milestone_names: milestones.iter().map(|m| m.name.clone()).collect(),
-            milestone_systems: milestones.iter().map(|m| m.system.clone()).collect(),
-            milestone_times_ns: milestones.iter().map(|m| m.time_ns).collect(),
-            milestone_outcomes: milestones.iter().map(|m| m.outcome.clone()).collect(),
-            milestone_trace_ids: milestones.iter().map(|m| m.trace_id.clone()).collect(),
-            milestone_span_ids: milestones.iter().map(|m| m.span_id.clone()).collect(),
-            started_ns: included.first().map_or(0, |e| e.source_time_ns),
-            updated_ns: included.iter().map(|e| e.source_time_ns.max(e.time_ns)).max().unwrap_or(0),
-            version: self.next_version(),
-            ..TransactionRow::default()
-        };
-        set_evaluation(&mut row, &evaluation);
-        row
+        let mut ordered: Vec<Key> = closure.iter().cloned().collect();
+        ordered.sort_by_key(|k| (self.config.rank(&k.0), k.0.clone(), k.1.clone()));
+        transaction_row(root, &ordered, included, journey, now_ns, version)
     }
 
     /// Re-evaluates transactions whose next deadline has passed; returns
@@ -481,6 +442,51 @@ pub const EVENT_COLUMNS: &str =
 /// The columns of [`TransactionRow`], in its field order.
 pub const TRANSACTION_COLUMNS: &str = "Id, RootKind, RootValue, State, KeyKinds, KeyValues, Systems, MilestoneNames, MilestoneSystems, \
      MilestoneTimes, MilestoneOutcomes, MilestoneTraceIds, MilestoneSpanIds, OverdueMilestones, OverdueDue, NextDue, Started, Updated, Version";
+
+/// A transaction's row: rooted at `root`, holding `keys` (in display
+/// order) and the records `included`, its state from `journey` at `now_ns`.
+pub fn transaction_row(root: &Key, keys: &[Key], mut included: Vec<&BizEventRow>, journey: &[Step], now_ns: i64, version: u64) -> TransactionRow {
+    included.sort_by_key(|e| (e.source_time_ns, e.time_ns));
+    let mut milestones: Vec<Milestone> = included
+        .iter()
+        .filter(|e| !e.milestone.is_empty())
+        .map(|e| Milestone {
+            name: e.milestone.clone(),
+            system: e.system.clone(),
+            time_ns: e.source_time_ns,
+            outcome: e.outcome.clone(),
+            trace_id: e.trace_id.clone(),
+            span_id: e.span_id.clone(),
+        })
+        .collect();
+    milestones.dedup();
+    let mut systems: Vec<String> = Vec::new();
+    for event in &included {
+        if !event.system.is_empty() && !systems.contains(&event.system) {
+            systems.push(event.system.clone());
+        }
+    }
+    let mut row = TransactionRow {
+        id: transaction_id(root),
+        root_kind: root.0.clone(),
+        root_value: root.1.clone(),
+        key_kinds: keys.iter().map(|k| k.0.clone()).collect(),
+        key_values: keys.iter().map(|k| k.1.clone()).collect(),
+        systems,
+        milestone_names: milestones.iter().map(|m| m.name.clone()).collect(),
+        milestone_systems: milestones.iter().map(|m| m.system.clone()).collect(),
+        milestone_times_ns: milestones.iter().map(|m| m.time_ns).collect(),
+        milestone_outcomes: milestones.iter().map(|m| m.outcome.clone()).collect(),
+        milestone_trace_ids: milestones.iter().map(|m| m.trace_id.clone()).collect(),
+        milestone_span_ids: milestones.iter().map(|m| m.span_id.clone()).collect(),
+        started_ns: included.first().map_or(0, |e| e.source_time_ns),
+        updated_ns: included.iter().map(|e| e.source_time_ns.max(e.time_ns)).max().unwrap_or(0),
+        version,
+        ..TransactionRow::default()
+    };
+    set_evaluation(&mut row, &journey::evaluate(journey, &milestones, now_ns));
+    row
+}
 
 /// Writes a journey evaluation onto a transaction row.
 fn set_evaluation(row: &mut TransactionRow, evaluation: &journey::Evaluation) {
