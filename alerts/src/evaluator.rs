@@ -165,8 +165,7 @@ impl Alerts {
 
         // Measure every rule first, outside the lock.
         let mut measured: BTreeMap<String, Result<Vec<Measurement>, String>> = BTreeMap::new();
-        for rule in &rules {
-            let result = sli::measure(store, rule, now_ns).await.map_err(|err| err.to_string());
+        for (rule, result) in rules.iter().zip(sli::measure_all(store, &rules, now_ns).await) {
             if let Err(err) = &result {
                 tracing::warn!(rule = %rule.name, error = %err, "rule not evaluated");
             }
