@@ -26,6 +26,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub lineage: waybill_lineage::LineageConfig,
     pub alerts: waybill_alerts::AlertsConfig,
+    pub dashboards: waybill_dashboards::DashboardsConfig,
 }
 
 /// Waybill's own traces.
@@ -271,6 +272,7 @@ impl Config {
         self.store.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.lineage.validate().map_err(ConfigError::Invalid)?;
         self.alerts.validate().map_err(ConfigError::Invalid)?;
+        self.dashboards.validate().map_err(ConfigError::Invalid)?;
         if self.sql_endpoint.enabled {
             if self.store.mode != waybill_store::StoreMode::Embedded {
                 return Err(ConfigError::Invalid(

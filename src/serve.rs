@@ -47,13 +47,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::pipeline::register_metrics();
     waybill_lineage::resolve::register_metrics();
     waybill_alerts::evaluator::register_metrics();
+    let dashboards = waybill_dashboards::Dashboards::new(store.clone(), alerts.clone(), config.dashboards.clone()).map_err(anyhow::Error::msg)?;
+    // Pages and the JSON API sit behind sign-in; health and metrics do not.
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .merge(waybill_lineage::api::router(store.clone()))
-        .merge(waybill_alerts::api::router(alerts.clone()));
+        .merge(dashboards.app());
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;

@@ -1,0 +1,9 @@
+//! Not built yet: its page and JSON twin come next.
+
+use axum::Router;
+
+use crate::Dashboards;
+
+pub fn routes() -> Router<Dashboards> {
+    Router::new()
+}
