@@ -4,8 +4,8 @@
 //! on SIGHUP; a file that does not validate is refused and the old rules
 //! are kept.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -45,6 +45,21 @@ struct Snapshot {
     alerts: BTreeMap<(String, String), Alert>,
     /// Rule → its last measurements.
     measured: BTreeMap<String, Vec<Measurement>>,
+    /// Rule → its worst group's value at each of the last evaluations.
+    trends: BTreeMap<String, VecDeque<TrendPoint>>,
+}
+
+/// How many evaluations a rule's trend remembers (an hour at the default
+/// 15 s interval).
+pub const TREND_POINTS: usize = 240;
+
+/// One evaluation of a rule in its trend: the value of its worst group
+/// (the highest for `above` rules, the lowest for `below`), of the groups
+/// with at least `min_samples` samples; `None` if no group had a value.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct TrendPoint {
+    pub time_ns: i64,
+    pub value: Option<f64>,
 }
 
 /// A rule as `GET /api/v1/rules` shows it.
@@ -209,6 +224,8 @@ impl Alerts {
             }
             state.rule_errors = measured.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| (name.clone(), e.clone()))).collect();
             state.measured = measured.into_iter().filter_map(|(name, r)| r.ok().map(|m| (name, m))).collect();
+            let snapshot = &mut *state;
+            record_trends(&mut snapshot.trends, &rules, &snapshot.measured, now_ns);
 
             // Who hears of what: firing alerts on their transition and then
             // every repeat interval; resolutions of alerts that were heard of.
@@ -390,6 +407,24 @@ impl Alerts {
         &self.inner.store
     }
 
+    /// The rules file in use; `None` when `alerts.rules_file` is not set.
+    pub fn rules_file(&self) -> Option<&Path> {
+        self.inner.config.rules_file.as_deref()
+    }
+
+    /// Each rule's measurements of the last evaluation, per group (rules
+    /// whose measurement failed are missing: see [`Alerts::rules`]).
+    pub fn measurements(&self) -> BTreeMap<String, Vec<Measurement>> {
+        self.inner.state.read().expect("alerts lock").measured.clone()
+    }
+
+    /// Each rule's trend over its last [`TREND_POINTS`] evaluations,
+    /// oldest first (kept in memory only; empty after a restart).
+    pub fn trends(&self) -> BTreeMap<String, Vec<TrendPoint>> {
+        let state = self.inner.state.read().expect("alerts lock");
+        state.trends.iter().map(|(name, points)| (name.clone(), points.iter().copied().collect())).collect()
+    }
+
     /// Every rule's current SLI value and sample count per group, and each
     /// alert's state, in Prometheus text exposition.
     pub fn exposition(&self) -> String {
@@ -412,6 +447,23 @@ impl Alerts {
             out.push_str(&format!("waybill_alert_active{} 1\n", labels_text(&alert.rule, &alert.group, Some(alert.phase.as_str()))));
         }
         out
+    }
+}
+
+/// Adds this evaluation's worst value to every measured rule's trend,
+/// keeping the last [`TREND_POINTS`], and forgets rules no longer in the
+/// file. A rule whose measurement failed gets no point.
+fn record_trends(trends: &mut BTreeMap<String, VecDeque<TrendPoint>>, rules: &[Rule], measured: &BTreeMap<String, Vec<Measurement>>, now_ns: i64) {
+    trends.retain(|name, _| rules.iter().any(|r| &r.name == name));
+    for rule in rules {
+        let Some(measurements) = measured.get(&rule.name) else { continue };
+        let values = measurements.iter().filter(|m| m.samples >= rule.min_samples && m.value.is_finite()).map(|m| m.value);
+        let value = if rule.below.is_some() { values.reduce(f64::min) } else { values.reduce(f64::max) };
+        let points = trends.entry(rule.name.clone()).or_default();
+        if points.len() == TREND_POINTS {
+            points.pop_front();
+        }
+        points.push_back(TrendPoint { time_ns: now_ns, value });
     }
 }
 
@@ -556,5 +608,39 @@ annotations: { summary: "{{ labels.system }} accepts {{value}} of orders (thresh
         alert.samples = 40;
         assert_eq!(annotations(&rule, &alert)["summary"], "erp accepts 0.8 of orders (threshold 0.95, 40 orders)");
         assert_eq!(labels_text("r", &alert.group, Some("firing")), r#"{rule="r",system="erp",state="firing"}"#);
+    }
+
+    #[test]
+    fn a_trend_keeps_the_worst_group_of_the_last_evaluations_of_rules_still_there() {
+        let rules: RulesFile = serde_yaml::from_str(
+            r#"
+rules:
+  - { name: failures, sli: { kind: count, milestone: invoice.posted }, window: 1h, group_by: [system], above: 0, min_samples: 1 }
+  - { name: acceptance, sli: { kind: ratio, numerator: order.accepted, denominator: order.captured }, window: 1h, below: 0.9, min_samples: 10 }
+"#,
+        )
+        .unwrap();
+        let group = |system: &str, value: f64, samples: u64| Measurement { group: BTreeMap::from([("system".to_string(), system.to_string())]), value, samples };
+        let mut trends = BTreeMap::new();
+        for i in 0..(TREND_POINTS as i64 + 5) {
+            let measured = BTreeMap::from([
+                ("failures".to_string(), vec![group("erp", i as f64, 3), group("wms", 2.0, 5), group("tiny", 1e9, 0)]),
+                // The lowest ratio is worst, but one below min_samples has no value.
+                ("acceptance".to_string(), vec![group("erp", 0.8, 40), group("wms", 0.5, 2)]),
+            ]);
+            record_trends(&mut trends, &rules.rules, &measured, i);
+        }
+        let failures = &trends["failures"];
+        assert_eq!(failures.len(), TREND_POINTS);
+        assert_eq!(failures.front(), Some(&TrendPoint { time_ns: 5, value: Some(5.0) }));
+        assert_eq!(failures.back(), Some(&TrendPoint { time_ns: TREND_POINTS as i64 + 4, value: Some(TREND_POINTS as f64 + 4.0) }));
+        assert_eq!(trends["acceptance"].back().unwrap().value, Some(0.8));
+
+        // A rule without groups with enough samples has a point without a
+        // value; a rule gone from the file loses its trend.
+        let measured = BTreeMap::from([("acceptance".to_string(), vec![group("wms", 0.5, 2)])]);
+        record_trends(&mut trends, &rules.rules[1..], &measured, 1000);
+        assert!(!trends.contains_key("failures"));
+        assert_eq!(trends["acceptance"].back(), Some(&TrendPoint { time_ns: 1000, value: None }));
     }
 }
