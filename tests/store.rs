@@ -56,6 +56,7 @@ async fn migrations_apply_once_and_record_their_version() {
             "biz_key_traces",
             "biz_trace_links",
             "biz_trace_links_mv",
+            "exception_actions",
             "lineage_progress",
             "otel_logs",
             "otel_traces",

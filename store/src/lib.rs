@@ -23,7 +23,7 @@ use clickhouse::{Client, RowOwned, RowRead, RowWrite};
 pub use config::{StoreConfig, StoreMode};
 pub use engine::{Engine, EngineError};
 pub use error::StoreError;
-pub use rows::{AlertHistoryRow, AlertStateRow, SilenceRow, BizEventRow, EdgeRow, KeyTraceRow, LogRow, ProgressRow, SpanRow, TransactionKeyRow, TransactionRow};
+pub use rows::{AlertHistoryRow, AlertStateRow, SilenceRow, BizEventRow, EdgeRow, ExceptionActionRow, KeyTraceRow, LogRow, ProgressRow, SpanRow, TransactionKeyRow, TransactionRow};
 pub use schema::SchemaTarget;
 
 /// A connection to Waybill's ClickHouse, in either mode.

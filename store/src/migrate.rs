@@ -91,6 +91,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "business events by milestone and source time, for alert rules",
         statements: |target| target.add_milestone_projection(),
     },
+    Migration {
+        version: 8,
+        name: "exception queue audit trail",
+        statements: |target| target.create_table(&schema::EXCEPTION_ACTIONS),
+    },
 ];
 
 /// The newest schema version this build knows.

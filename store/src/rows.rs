@@ -305,3 +305,29 @@ pub struct SilenceRow {
     #[serde(rename = "Version")]
     pub version: u64,
 }
+
+/// One entry of the exception queue's audit trail (`exception_actions`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Row, Serialize, Deserialize)]
+pub struct ExceptionActionRow {
+    #[serde(rename = "Time")]
+    pub time_ns: i64,
+    #[serde(rename = "TransactionId")]
+    pub transaction_id: String,
+    #[serde(rename = "Actor")]
+    pub actor: String,
+    /// `acknowledge`, `assign`, `comment`, `resolve` or `replay`.
+    #[serde(rename = "Action")]
+    pub action: String,
+    #[serde(rename = "Assignee")]
+    pub assignee: String,
+    #[serde(rename = "Comment")]
+    pub comment: String,
+    /// A replay's `Idempotency-Key`.
+    #[serde(rename = "ReplayKey")]
+    pub replay_key: String,
+    /// A replay's outcome: `delivered` or `failed`.
+    #[serde(rename = "Outcome")]
+    pub outcome: String,
+    #[serde(rename = "Detail")]
+    pub detail: String,
+}

@@ -356,6 +356,28 @@ pub const ALERT_SILENCES: TableDef = TableDef {
     shard_key: "cityHash64(Id)",
 };
 
+/// The exception queue's audit trail: who acknowledged, assigned,
+/// commented on, resolved or replayed a failed or stuck transaction, and
+/// what a replay's receiver answered. Kept like `alert_history`.
+pub const EXCEPTION_ACTIONS: TableDef = TableDef {
+    name: "exception_actions",
+    columns: "
+    Time DateTime64(9),
+    TransactionId String,
+    Actor LowCardinality(String),
+    Action LowCardinality(String),
+    Assignee String,
+    Comment String,
+    ReplayKey String,
+    Outcome String,
+    Detail String",
+    engine: EngineKind::MergeTree,
+    keys: "ORDER BY (TransactionId, Time)",
+    ttl_from: None,
+    settings: "index_granularity = 8192",
+    shard_key: "cityHash64(TransactionId)",
+};
+
 /// Tables the lineage resolver derives from `biz_events`; a rebuild empties them.
 pub const LINEAGE_DERIVED_TABLES: &[TableDef] = &[BIZ_EDGES, BIZ_KEY_TRACES, TRANSACTIONS, TRANSACTION_KEYS, LINEAGE_PROGRESS];
 
