@@ -264,6 +264,18 @@ impl Config {
         if !config.store.server.password.is_empty() {
             config.store.server.password = "<redacted>".into();
         }
+        let auth = &mut config.dashboards.auth;
+        if let Some(secret) = auth.session_secret.as_mut() {
+            *secret = "<redacted>".into();
+        }
+        for user in &mut auth.users {
+            if let Some(hash) = user.password_hash.as_mut() {
+                *hash = "<redacted>".into();
+            }
+        }
+        for target in config.dashboards.replay.values_mut() {
+            target.headers.values_mut().for_each(|value| *value = "<redacted>".into());
+        }
         config
     }
 

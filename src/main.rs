@@ -37,6 +37,9 @@ enum Command {
     },
     /// Send a continuous, realistic distribution workload to a running Waybill.
     Demo(waybill::demo::DemoArgs),
+    /// Read a password from standard input and print its hash for
+    /// `dashboards.auth.users[].password_hash`.
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +55,22 @@ enum LineageCommand {
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         since: std::time::Duration,
     },
+}
+
+/// `waybill hash-password`: the first line of standard input, hashed.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() {
+        eprintln!("waybill: cannot read the password from standard input");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("waybill: the password is empty: type it, then Enter (or pipe it in)");
+        return ExitCode::from(2);
+    }
+    println!("{}", waybill_dashboards::auth::hash_password(password));
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -78,6 +97,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::HashPassword => return hash_password(),
         _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -94,7 +114,7 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(config).await,
             Command::Lineage { command: LineageCommand::Rebuild { since } } => waybill::lineage::rebuild(config, since).await,
             Command::Demo(args) => waybill::demo::run(args).await,
-            Command::CheckConfig | Command::Lineage { command: LineageCommand::Explain { .. } } => unreachable!("handled above"),
+            Command::CheckConfig | Command::HashPassword | Command::Lineage { command: LineageCommand::Explain { .. } } => unreachable!("handled above"),
         };
         telemetry.shutdown().await;
         result

@@ -102,3 +102,25 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CsrfOfRequest {
         Ok(CsrfOfRequest(parts.extensions.get::<auth::Csrf>().map(|c| c.0.clone()).unwrap_or_default()))
     }
 }
+
+/// `GET /api/v1/`: what the JSON API offers (docs/dashboards.md,
+/// docs/lineage.md and docs/alerts.md describe each answer).
+pub async fn api_index() -> Response {
+    axum::Json(serde_json::json!({
+        "endpoints": {
+            "/api/v1/search?q=KEY": "transactions with this business key",
+            "/api/v1/transactions?key=KEY[&kind=KIND] | ?state=STATE[&limit=N]": "transactions by key or state",
+            "/api/v1/transactions/ID": "one transaction",
+            "/api/v1/transactions/ID/detail": "one transaction with its key graph, traces, logs and alerts",
+            "/api/v1/board": "the operations board (filters: channel, partner, system, from, to, state)",
+            "/api/v1/exceptions[?status=...]": "the exception queue; /api/v1/exceptions/ID for one item and its audit trail",
+            "/api/v1/sla": "every rule's value per group, trend, history and silences",
+            "/api/v1/rules": "the alert rules and their health",
+            "/api/v1/alerts": "pending and firing alerts",
+            "/api/v1/silences": "silences (POST to create, DELETE /api/v1/silences/ID to expire)",
+            "/api/v1/flows?window=1h": "calls between systems and the API routes in use",
+            "/api/v1/kpis?period=7d": "the executive KPIs against the previous period",
+        }
+    }))
+    .into_response()
+}

@@ -73,6 +73,7 @@ impl Dashboards {
             .route("/", get(home::home))
             .route("/login", get(home::login_form).post(home::login))
             .route("/logout", post(home::logout))
+            .route("/api/v1/", get(home::api_index))
             .route("/static/waybill.css", get(page::stylesheet))
             .merge(transaction::routes())
             .merge(board::routes())
