@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | portal | span `POST /orders` | `order`, `order.captured` |
 //! | middleware | span `orders.inbound publish`, a child of the portal's | none |
-//! | erp | a trace per intake wave, a span per order linked to the middleware's | `order`, `sales_order`, `order.accepted` (some rejected) |
+//! | erp | a trace per intake wave, a span per order linked to the middleware's, and under it a call to a tax SaaS | `order`, `sales_order`, `order.accepted` (some rejected) |
 //! | wms | log record, no trace context | `sales_order`, `shipment`, `shipment.dispatched` (some orders split) |
 //! | carrier | span with a `delivered` event | `shipment`, `shipment.delivered` |
 //! | billing | a trace per billing run, a span per invoiced sales order | `sales_order`, `invoice`, `invoice.posted` (some failing) |
@@ -608,10 +608,31 @@ impl Systems {
                 .start_with_context(&self.erp, &cx);
             if let Some(reason) = acceptance.rejected {
                 span.set_status(Status::error(format!("sales order rejected: {reason}")));
+            } else {
+                self.quote_tax(&cx.with_remote_span_context(span.span_context().clone()), &acceptance.order);
             }
             span.end();
         }
         cx.span().end();
+    }
+
+    /// The ERP's call to a tax SaaS for an accepted order; about one in
+    /// twenty-five times out.
+    fn quote_tax(&self, parent: &Context, order: &str) {
+        let mut call = self
+            .erp
+            .span_builder("POST /v1/tax/quote")
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new("peer.service", "tax-saas"),
+                KeyValue::new("server.address", "api.tax-saas.example"),
+                KeyValue::new("http.request.method", "POST"),
+            ])
+            .start_with_context(&self.erp, parent);
+        if order.bytes().map(u32::from).sum::<u32>() % 25 == 0 {
+            call.set_status(Status::error("tax quote timed out"));
+        }
+        call.end();
     }
 
     /// The warehouse reports a shipment as a log record without trace context.

@@ -46,7 +46,9 @@ fn span(trace: u64, id: u64, parent: Option<u64>, service: &str, kind: &str, nam
 /// its peer, and the middleware's server span under it, counted once) →
 /// erp (a client span without peer attributes: only the erp server span's
 /// parent tells) → tax-saas (a SaaS that sends no spans; one call of four
-/// fails). Plus a call two hours ago, outside the last hour.
+/// fails); the erp publishes to a queue (`invoices`) that billing consumes
+/// in traces of its own, linked to the publish. Plus a call two hours ago,
+/// outside the last hour.
 fn traffic() -> Vec<SpanRow> {
     let at = now_ns() - 10 * MINUTE_NS;
     let mut rows = Vec::new();
@@ -70,6 +72,15 @@ fn traffic() -> Vec<SpanRow> {
             at,
         ));
         rows.push(span(t, id + 5, Some(id + 4), "erp", "Client", "GET", &[("server.address", "tax-saas.example.com"), ("peer.service", "tax-saas")], t == 3, 500, at));
+        // The ERP publishes an invoice request; billing consumes it in a
+        // trace of its own, linked to the publish.
+        rows.push(span(t, id + 6, Some(id + 4), "erp", "Producer", "invoices publish", &[("messaging.destination.name", "invoices")], false, 20, at));
+        let mut consume = span(100 + t, id + 7, None, "billing", "Consumer", "invoices process", &[], false, 300, at);
+        consume.links_trace_id = vec![format!("{:032x}", 0xf10_0000u64 + t)];
+        consume.links_span_id = vec![format!("{:016x}", 0x5000_0000u64 + id + 6)];
+        consume.links_trace_state = vec![String::new()];
+        consume.links_attributes = vec![vec![]];
+        rows.push(consume);
     }
     let old = now_ns() - 120 * MINUTE_NS;
     rows.push(span(9, 90, None, "portal", "Client", "upload", &[("server.address", "legacy-ftp")], false, 50, old));
@@ -106,19 +117,23 @@ async fn the_map_shows_who_calls_whom_how_often_and_how_badly() {
 
     let mut nodes = page.attrs("svg.flow-map g.node", "data-name");
     nodes.sort();
-    assert_eq!(nodes, ["erp", "middleware", "portal", "tax-saas"], "the call two hours ago is outside the window");
-    assert_eq!(page.attrs("svg.flow-map g.node.external", "data-name"), ["tax-saas"], "the SaaS sends no spans of its own");
+    assert_eq!(nodes, ["billing", "erp", "invoices", "middleware", "portal", "tax-saas"], "the call two hours ago is outside the window");
+    let mut external = page.attrs("svg.flow-map g.node.external", "data-name");
+    external.sort();
+    assert_eq!(external, ["invoices", "tax-saas"], "the SaaS and the queue send no spans of their own");
     let (portal, middleware, erp, tax) = (node_x(&page, "portal"), node_x(&page, "middleware"), node_x(&page, "erp"), node_x(&page, "tax-saas"));
     assert!(portal < middleware && middleware < erp && erp < tax, "columns follow the calls: {portal} {middleware} {erp} {tax}");
 
     assert_eq!(
         edge_rows(&page),
         [
+            ("erp".into(), "billing".into(), "4".into(), "0.0%".into()),
+            ("erp".into(), "invoices".into(), "4".into(), "0.0%".into()),
             ("erp".into(), "tax-saas".into(), "4".into(), "25.0%".into()),
             ("middleware".into(), "erp".into(), "4".into(), "0.0%".into()),
             ("portal".into(), "middleware".into(), "4".into(), "0.0%".into()),
         ],
-        "each call counted once, whichever side saw it"
+        "each call counted once, whichever side saw it; a consumer linked to a publish is called by its publisher"
     );
     assert_eq!(page.texts("table.edges tr.bad td.to"), ["tax-saas"]);
     assert_eq!(page.attrs("svg.flow-map g.edge.bad", "data-to"), ["tax-saas"], "an edge failing above 5 % is red on the map");
@@ -157,9 +172,9 @@ async fn the_json_twin_has_the_same_numbers() {
     let json = page.json();
     assert_eq!(json["window"], "1h");
     let names: Vec<&str> = json["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
-    assert_eq!(names.len(), 4, "{json}");
+    assert_eq!(names.len(), 6, "{json}");
     let edges = json["edges"].as_array().unwrap();
-    assert_eq!(edges.len(), 3, "{json}");
+    assert_eq!(edges.len(), 5, "{json}");
     let tax = edges.iter().find(|e| e["to"] == "tax-saas").expect("the tax call");
     assert_eq!(tax["from"], "erp");
     assert_eq!(tax["calls"], 4);

@@ -422,7 +422,7 @@ impl Member {
 /// stored by a resent batch share the table's sorting key and are read
 /// once. Only the columns of the `by_milestone` projection are read, so
 /// ClickHouse can answer from it.
-fn events(condition: &str) -> String {
+pub fn events(condition: &str) -> String {
     format!(
         "(SELECT TraceId, Record, SpanId, RecordIndex, SourceTime, Milestone, System, Outcome, KeyKinds, KeyValues, Source, Ingested \
          FROM biz_events WHERE {condition} LIMIT 1 BY TraceId, Record, SpanId, RecordIndex, Milestone, System)"

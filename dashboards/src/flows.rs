@@ -119,13 +119,22 @@ const PEER: &str = "multiIf(SpanAttributes['peer.service'] != '', SpanAttributes
     SpanAttributes['server.address'] != '', SpanAttributes['server.address'], SpanAttributes['messaging.destination.name'])";
 
 /// The edges of the window `[from_ns, to_ns]`: one query over the spans of
-/// the window only (parents outside it are not looked for). The join's
-/// hashed side holds only spans that are some server span's parent.
+/// the window only (parents and linked spans outside it are not looked
+/// for). A call is seen from its caller (a client or producer span naming
+/// its peer), from its callee (a span whose parent is another service's),
+/// or through a span link (a consumer linked to another service's
+/// producer, as messaging integrations report). The joins' hashed sides
+/// hold only spans that are some other span's parent or link.
 fn edges_sql(from_ns: i64, to_ns: i64) -> String {
     let window = format!("Timestamp >= fromUnixTimestamp64Nano({from_ns}) AND Timestamp <= fromUnixTimestamp64Nano({to_ns})");
     let servers = format!(
         "SELECT TraceId, ParentSpanId, ServiceName, StatusCode, Duration FROM otel_traces \
-         WHERE {window} AND SpanKind IN ('Server', 'Consumer') AND ParentSpanId != ''"
+         WHERE {window} AND ParentSpanId != ''"
+    );
+    let linked = format!(
+        "SELECT ServiceName, StatusCode, Duration, LinkTraceId, LinkSpanId FROM otel_traces \
+         ARRAY JOIN Links.TraceId AS LinkTraceId, Links.SpanId AS LinkSpanId \
+         WHERE {window} AND notEmpty(Links.TraceId)"
     );
     format!(
         "SELECT caller, callee, max(traced) AS traced, count() AS calls, countIf(failed) AS errors, \
@@ -145,7 +154,15 @@ fn edges_sql(from_ns: i64, to_ns: i64) -> String {
                        WHERE {window} AND NOT (SpanKind IN ('Client', 'Producer') AND {PEER} != '') \
                          AND SpanId IN (SELECT ParentSpanId FROM ({servers}))) AS p \
              ON p.TraceId = s.TraceId AND p.SpanId = s.ParentSpanId \
-           WHERE p.ServiceName != s.ServiceName) \
+           WHERE p.ServiceName != s.ServiceName \
+           UNION ALL \
+           SELECT p.ServiceName AS caller, l.ServiceName AS callee, toUInt8(1) AS traced, \
+                  toUInt8(l.StatusCode = 'Error') AS failed, l.Duration AS duration \
+           FROM ({linked}) AS l \
+           INNER JOIN (SELECT TraceId, SpanId, ServiceName FROM otel_traces \
+                       WHERE {window} AND SpanId IN (SELECT LinkSpanId FROM ({linked}))) AS p \
+             ON p.TraceId = l.LinkTraceId AND p.SpanId = l.LinkSpanId \
+           WHERE p.ServiceName != l.ServiceName) \
          WHERE caller != '' AND callee != '' AND caller != callee \
          GROUP BY caller, callee ORDER BY calls DESC, caller, callee LIMIT {MAX_EDGES}"
     )

@@ -18,6 +18,7 @@ use axum::{Extension, Json, Router};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use waybill_alerts::rules::{Rule, Sli};
+use waybill_alerts::sli::events;
 use waybill_store::sql::quote_string;
 use waybill_store::{Store, StoreError};
 
@@ -150,15 +151,6 @@ struct Bucketed {
     bucket: i64,
     hits: u64,
     total: u64,
-}
-
-/// The business events matching `condition`, one row per record (copies
-/// from a resent batch read once), as alerts/src/sli.rs reads them.
-fn events(condition: &str) -> String {
-    format!(
-        "(SELECT TraceId, Record, SpanId, RecordIndex, SourceTime, Milestone, System, Outcome, KeyKinds, KeyValues \
-         FROM biz_events WHERE {condition} LIMIT 1 BY TraceId, Record, SpanId, RecordIndex, Milestone, System)"
-    )
 }
 
 fn order_exceptions_sql(period: &Period) -> String {
