@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: fetches the embedded ClickHouse engine if
-# missing (the store tests run against it), installs Prometheus and
-# Alertmanager (as root) and
+# missing (the store tests run against it), installs Prometheus,
+# Alertmanager and headless Chromium (as root) and
 # the OpenTelemetry Python SDK the OTLP tests send with (a venv in
 # target/python), then runs every
 # crate's unit and integration tests and checks that the benchmarks build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-engine.sh
-# A real Prometheus server scrapes /metrics, and a real Alertmanager receives
-# alerts, in the tests (Debian packages prometheus, prometheus-alertmanager).
+# A real Prometheus server scrapes /metrics, a real Alertmanager receives
+# alerts, and headless Chromium loads every page in the tests (Debian
+# packages prometheus, prometheus-alertmanager, chromium).
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+command -v chromium >/dev/null || missing+=(chromium fonts-liberation)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing ${missing[*]} (Debian packages) ..."
