@@ -75,6 +75,10 @@ fn hash_password() -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no config: it is how a config's password hashes are made.
+    if matches!(cli.command, Some(Command::HashPassword)) {
+        return hash_password();
+    }
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(err) => {
@@ -97,7 +101,6 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::HashPassword => return hash_password(),
         _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -100,13 +100,20 @@ async fn a_form_without_a_valid_csrf_token_is_refused() {
         assert_eq!(refused.status, StatusCode::FORBIDDEN, "{fields:?}");
         assert!(refused.text(".error-message").contains("security token"), "{}", refused.body);
     }
-    // The JSON API takes the token in a header.
+    // A body another site could post from a form needs the token, also
+    // on the API; in a header will do.
     let body = r#"{"matchers": {"rule": "invoice_failures"}, "duration": "1h"}"#;
-    let without = admin.send("POST", "/api/v1/silences", Some("application/json"), body.into()).await;
-    assert_eq!(without.status, StatusCode::FORBIDDEN);
+    let forged = admin.send("POST", "/api/v1/silences", Some("text/plain"), body.into()).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
     admin.headers.push(("X-CSRF-Token".into(), token.clone()));
-    let with = admin.send("POST", "/api/v1/silences", Some("application/json"), body.into()).await;
-    assert!(with.status.is_success(), "{} {}", with.status, with.body);
+    let with = admin.send("POST", "/api/v1/silences", Some("text/plain"), body.into()).await;
+    assert_eq!(with.status, StatusCode::BAD_REQUEST, "past the token check, the API wants JSON: {}", with.body);
+    assert!(with.json()["error"].as_str().unwrap().contains("application/json"), "{}", with.body);
+    admin.headers.clear();
+    // A JSON body cannot come from another site without a CORS preflight,
+    // which Waybill never grants: it needs no token.
+    let json = admin.send("POST", "/api/v1/silences", Some("application/json"), body.into()).await;
+    assert!(json.status.is_success(), "{} {}", json.status, json.body);
     // And the token still works for a form.
     assert_eq!(admin.post_form("/logout", &[("csrf", &token)]).await.status, StatusCode::SEE_OTHER);
     common::drop_database(&pages.store).await;
@@ -123,6 +130,8 @@ async fn a_viewer_can_look_but_not_act_and_an_operator_cannot_silence() {
     let refused = viewer.post_form("/exceptions/T-1/acknowledge", &[("csrf", &csrf)]).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(refused.text(".error-message").contains("operator"), "{}", refused.body);
+    // Signing out is not an action on the data: a viewer may.
+    assert_eq!(viewer.post_form("/logout", &[("csrf", &csrf)]).await.status, StatusCode::SEE_OTHER);
     let mut operator = pages.browser();
     sign_in(&mut operator, "olga", "olga-pass").await;
     let csrf = operator.get("/").await.csrf();
@@ -157,5 +166,11 @@ async fn scripts_use_http_basic_and_a_trusted_proxy_names_the_user() {
     assert_eq!(stranger.get("/").await.text(".who .user"), "sam (viewer)");
     stranger.headers.push(("X-Forwarded-Role".into(), "admin".into()));
     assert_eq!(stranger.get("/").await.text(".who .user"), "sam (admin)");
+    // Behind a proxy, an Authorization header proves nothing to Waybill:
+    // a form still needs its token.
+    stranger.headers.push(("Authorization".into(), basic("sam", "whatever")));
+    let refused = stranger.post_form("/exceptions/T-1/acknowledge", &[]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.text(".error-message").contains("security token"), "{}", refused.body);
     common::drop_database(&proxied.store).await;
 }

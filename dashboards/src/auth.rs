@@ -138,16 +138,51 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
     })
 }
 
-/// The role `name` has if `password` is theirs.
+/// The role `name` has if `password` is theirs. An unknown name costs as
+/// much as a wrong password, so timing does not tell which names exist.
 pub fn check_user(config: &AuthConfig, name: &str, password: &str) -> Option<Role> {
-    let user = config.users.iter().find(|u| u.name == name)?;
-    verify_password(user.password_hash.as_deref()?, password).then_some(user.role)
+    match config.users.iter().find(|u| u.name == name) {
+        Some(user) => verify_password(user.password_hash.as_deref()?, password).then_some(user.role),
+        None => {
+            static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+            verify_password(DUMMY.get_or_init(|| hash_password("not a password")), password);
+            None
+        }
+    }
+}
+
+/// [`check_user`] on a blocking thread: a hash takes tens of milliseconds,
+/// which the async workers (shared with ingest) must not spend.
+async fn check_user_off_runtime(config: &AuthConfig, name: String, password: String) -> Option<Role> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || check_user(&config, &name, &password)).await.ok().flatten()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Where to go after signing in: a path on this site, nothing else.
+fn local_target(next: &str) -> String {
+    let safe = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.chars().any(|c| c.is_control() || c.is_whitespace());
+    if safe {
+        next.to_owned()
+    } else {
+        "/".to_owned()
+    }
 }
 
 /// What a state-changing request needs: replays and exception work need
 /// an operator; silences (they stop pages going out) an admin.
 pub fn required_role(method: &Method, path: &str) -> Role {
-    if method == Method::GET || method == Method::HEAD {
+    if method == Method::GET || method == Method::HEAD || path == "/logout" {
         Role::Viewer
     } else if path.contains("/silences") {
         Role::Admin
@@ -186,6 +221,7 @@ pub async fn authenticate(State(dashboards): State<Dashboards>, request: Request
     let config = &dashboards.config().auth;
     let keys = dashboards.keys();
     let path = request.uri().path().to_owned();
+    let https = is_https(request.headers());
     let is_api = path.starts_with("/api/");
     let existing = cookie_value(request.headers(), SESSION_COOKIE).and_then(|c| keys.open(c));
     let fresh = existing.is_none();
@@ -193,12 +229,16 @@ pub async fn authenticate(State(dashboards): State<Dashboards>, request: Request
     if session.user.is_some() && session.expires < now_secs() {
         session.user = None;
     }
-    let basic = basic_credentials(request.headers());
+    // HTTP Basic counts only in password mode, and only once verified.
+    let mut verified_basic = false;
     let identity: Option<(String, Role)> = match config.mode {
         AuthMode::None => Some(("anonymous".to_owned(), Role::Admin)),
-        AuthMode::Password => match &basic {
-            Some((user, password)) => match check_user(config, user, password) {
-                Some(role) => Some((user.clone(), role)),
+        AuthMode::Password => match basic_credentials(request.headers()) {
+            Some((user, password)) => match check_user_off_runtime(config, user.clone(), password).await {
+                Some(role) => {
+                    verified_basic = true;
+                    Some((user, role))
+                }
                 None => return refuse(is_api, StatusCode::UNAUTHORIZED, "the user name or password is wrong"),
             },
             None => session.user.clone(),
@@ -221,7 +261,11 @@ pub async fn authenticate(State(dashboards): State<Dashboards>, request: Request
                 _ if is_api || state_changing => refuse(true, StatusCode::UNAUTHORIZED, "sign in first (or send HTTP Basic credentials)"),
                 _ => {
                     let next_path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-                    with_cookie(Redirect::to(&format!("/login?next={}", crate::page::url_encode(&next_path))).into_response(), keys, &session, fresh)
+                    let mut response = Redirect::to(&format!("/login?next={}", crate::page::url_encode(&next_path))).into_response();
+                    if fresh {
+                        set_session(&mut response, keys, &session, https);
+                    }
+                    response
                 }
             };
         };
@@ -230,7 +274,11 @@ pub async fn authenticate(State(dashboards): State<Dashboards>, request: Request
             return refuse(is_api, StatusCode::FORBIDDEN, &format!("{} may not do this: it needs the {} role", viewer.name, needed.as_str()));
         }
     }
-    if state_changing && basic.is_none() {
+    // Browsers cannot send a JSON body or a DELETE to another site without
+    // a CORS preflight, which Waybill never grants: only forms (and other
+    // simple requests) can be forged, and those must carry the token.
+    let forgeable = !(request.method() == Method::DELETE || is_json(request.headers()));
+    if state_changing && !verified_basic && forgeable {
         let (parts, body) = request.into_parts();
         let bytes = match axum::body::to_bytes(body, MAX_FORM_BYTES).await {
             Ok(bytes) => bytes,
@@ -248,20 +296,22 @@ pub async fn authenticate(State(dashboards): State<Dashboards>, request: Request
     if let Some(viewer) = viewer {
         request.extensions_mut().insert(viewer);
     }
-    let response = next.run(request).await;
-    with_cookie(response, keys, &session, fresh)
-}
-
-/// Sets the session cookie on a new browser's first response.
-fn with_cookie(mut response: Response, keys: &Keys, session: &Session, fresh: bool) -> Response {
+    let mut response = next.run(request).await;
     if fresh {
-        set_session(&mut response, keys, session);
+        set_session(&mut response, keys, &session, https);
     }
     response
 }
 
-fn set_session(response: &mut Response, keys: &Keys, session: &Session) {
-    let cookie = format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax", keys.sign(session));
+/// Whether the browser reached Waybill over HTTPS (directly or, as a
+/// proxy says, in front of it): the session cookie is then `Secure`.
+pub fn is_https(headers: &HeaderMap) -> bool {
+    headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+fn set_session(response: &mut Response, keys: &Keys, session: &Session, secure: bool) {
+    let secure = if secure { "; Secure" } else { "" };
+    let cookie = format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax{secure}", keys.sign(session));
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
@@ -290,13 +340,13 @@ pub struct LoginForm {
 }
 
 /// Signs `form.user` in (the CSRF token was checked by [`authenticate`]).
-pub fn sign_in(dashboards: &Dashboards, form: LoginForm) -> Result<Response, &'static str> {
+pub async fn sign_in(dashboards: &Dashboards, form: LoginForm, https: bool) -> Result<Response, &'static str> {
     let config = &dashboards.config().auth;
     if config.mode != AuthMode::Password {
         return Err("sign-in with a password is not turned on (dashboards.auth.mode)");
     }
     let keys = dashboards.keys();
-    let Some(role) = check_user(config, &form.user, &form.password) else {
+    let Some(role) = check_user_off_runtime(config, form.user.clone(), form.password).await else {
         return Err("the user name or password is wrong");
     };
     // A new session id on sign-in, so a token seen before it is worthless.
@@ -305,17 +355,17 @@ pub fn sign_in(dashboards: &Dashboards, form: LoginForm) -> Result<Response, &'s
         user: Some((form.user, role)),
         expires: now_secs() + config.session_ttl.as_secs(),
     };
-    let target = if form.next.starts_with('/') && !form.next.starts_with("//") { form.next } else { "/".to_owned() };
+    let target = local_target(&form.next);
     let mut response = Redirect::to(&target).into_response();
-    set_session(&mut response, keys, &session);
+    set_session(&mut response, keys, &session, https);
     Ok(response)
 }
 
 /// Ends the sign-in: a fresh anonymous session.
-pub fn sign_out(dashboards: &Dashboards) -> Response {
+pub fn sign_out(dashboards: &Dashboards, https: bool) -> Response {
     let session = Session { sid: URL_SAFE_NO_PAD.encode(random_bytes(16)), user: None, expires: 0 };
     let mut response = Redirect::to("/login").into_response();
-    set_session(&mut response, dashboards.keys(), &session);
+    set_session(&mut response, dashboards.keys(), &session, https);
     response
 }
 
@@ -352,5 +402,14 @@ mod tests {
         assert_eq!(required_role(&Method::POST, "/exceptions/x/acknowledge"), Role::Operator);
         assert_eq!(required_role(&Method::POST, "/sla/silences"), Role::Admin);
         assert_eq!(required_role(&Method::DELETE, "/api/v1/silences/x"), Role::Admin);
+        assert_eq!(required_role(&Method::POST, "/logout"), Role::Viewer);
+    }
+
+    #[test]
+    fn after_sign_in_only_paths_of_this_site_are_followed() {
+        assert_eq!(local_target("/board?state=stuck"), "/board?state=stuck");
+        for outside in ["//evil.example", "/\\evil.example", "/\t/evil.example", "https://evil.example", "", "board"] {
+            assert_eq!(local_target(outside), "/", "{outside:?}");
+        }
     }
 }

@@ -123,7 +123,8 @@ const PEER: &str = "multiIf(SpanAttributes['peer.service'] != '', SpanAttributes
 /// for). A call is seen from its caller (a client or producer span naming
 /// its peer), from its callee (a span whose parent is another service's),
 /// or through a span link (a consumer linked to another service's
-/// producer, as messaging integrations report). The joins' hashed sides
+/// producer, as messaging integrations report; a link to its own parent is
+/// the parent's call, counted once). The joins' hashed sides
 /// hold only spans that are some other span's parent or link.
 fn edges_sql(from_ns: i64, to_ns: i64) -> String {
     let window = format!("Timestamp >= fromUnixTimestamp64Nano({from_ns}) AND Timestamp <= fromUnixTimestamp64Nano({to_ns})");
@@ -132,7 +133,7 @@ fn edges_sql(from_ns: i64, to_ns: i64) -> String {
          WHERE {window} AND ParentSpanId != ''"
     );
     let linked = format!(
-        "SELECT ServiceName, StatusCode, Duration, LinkTraceId, LinkSpanId FROM otel_traces \
+        "SELECT TraceId, ParentSpanId, ServiceName, StatusCode, Duration, LinkTraceId, LinkSpanId FROM otel_traces \
          ARRAY JOIN Links.TraceId AS LinkTraceId, Links.SpanId AS LinkSpanId \
          WHERE {window} AND notEmpty(Links.TraceId)"
     );
@@ -162,7 +163,7 @@ fn edges_sql(from_ns: i64, to_ns: i64) -> String {
            INNER JOIN (SELECT TraceId, SpanId, ServiceName FROM otel_traces \
                        WHERE {window} AND SpanId IN (SELECT LinkSpanId FROM ({linked}))) AS p \
              ON p.TraceId = l.LinkTraceId AND p.SpanId = l.LinkSpanId \
-           WHERE p.ServiceName != l.ServiceName) \
+           WHERE p.ServiceName != l.ServiceName AND NOT (l.TraceId = p.TraceId AND l.ParentSpanId = p.SpanId)) \
          WHERE caller != '' AND callee != '' AND caller != callee \
          GROUP BY caller, callee ORDER BY calls DESC, caller, callee LIMIT {MAX_EDGES}"
     )

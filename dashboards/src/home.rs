@@ -76,9 +76,9 @@ pub async fn login_form(State(dashboards): State<Dashboards>, Query(query): Quer
     page::render(&Login { csrf: request_csrf.0, next: query.next, problem: None })
 }
 
-pub async fn login(State(dashboards): State<Dashboards>, request_csrf: CsrfOfRequest, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(State(dashboards): State<Dashboards>, headers: axum::http::HeaderMap, request_csrf: CsrfOfRequest, Form(form): Form<LoginForm>) -> Response {
     let next = form.next.clone();
-    match auth::sign_in(&dashboards, form) {
+    match auth::sign_in(&dashboards, form, auth::is_https(&headers)).await {
         Ok(response) => response,
         Err(problem) => {
             let mut response = page::render(&Login { csrf: request_csrf.0, next, problem: Some(problem.to_owned()) });
@@ -88,8 +88,8 @@ pub async fn login(State(dashboards): State<Dashboards>, request_csrf: CsrfOfReq
     }
 }
 
-pub async fn logout(State(dashboards): State<Dashboards>) -> Response {
-    auth::sign_out(&dashboards)
+pub async fn logout(State(dashboards): State<Dashboards>, headers: axum::http::HeaderMap) -> Response {
+    auth::sign_out(&dashboards, auth::is_https(&headers))
 }
 
 /// The CSRF token of the request's session, also for people not signed in.

@@ -490,7 +490,7 @@ impl KpiView {
         }
         let unit = kpi.unit;
         let chart = if pairs.is_empty() { String::new() } else { svg::bars(&pairs, 320, move |v| format_value(unit, v), &format!("{}: previous period and this one", kpi.label)) };
-        let trend_values: Vec<f64> = kpi.trend.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+        let trend_values: Vec<Option<f64>> = kpi.trend.clone();
         let step = if period.step == "1h" { "hour" } else { "day" };
         let samples = match kpi.unit {
             Unit::Count => String::new(),

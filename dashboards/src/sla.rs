@@ -264,7 +264,7 @@ fn rule_row(view: &RuleView, measured: Option<&Vec<Measurement>>, trend: Option<
     }
 
     let trend = trend.map(Vec::as_slice).unwrap_or_default();
-    let values: Vec<f64> = trend.iter().filter_map(|p| p.value).collect();
+    let values: Vec<Option<f64>> = trend.iter().map(|p| p.value).collect();
     let chart = svg::sparkline(&values, 180, 36, &format!("{}: the worst group's value over the last {} evaluations", rule.name, trend.len()));
     let runbook_url = rule.annotations.get("runbook_url").filter(|u| u.starts_with("https://") || u.starts_with("http://")).cloned();
     RuleRow {

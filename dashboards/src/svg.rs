@@ -19,23 +19,41 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// A small line chart of `values` (oldest first), `width` × `height` px.
-/// Empty: a dash, so a rule without history still shows a chart's place.
-pub fn sparkline(values: &[f64], width: u32, height: u32, label: &str) -> String {
+/// A small line chart of `values` (oldest first, evenly spaced),
+/// `width` × `height` px. `None` is a gap: the line breaks there rather
+/// than joining its neighbours. Fewer than two values: a flat dash, so a
+/// chart's place still shows.
+pub fn sparkline(values: &[Option<f64>], width: u32, height: u32, label: &str) -> String {
     let mut svg = format!(r#"<svg class="sparkline" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{}">"#, escape(label));
-    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    if finite.len() < 2 {
+    let known: Vec<f64> = values.iter().flatten().copied().filter(|v| v.is_finite()).collect();
+    if known.len() < 2 || values.len() < 2 {
         let _ = write!(svg, r#"<line x1="2" y1="{y}" x2="{x}" y2="{y}" class="empty"/>"#, y = height / 2, x = width - 2);
     } else {
-        let (min, max) = finite.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let (min, max) = known.iter().fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
         let span = if max > min { max - min } else { 1.0 };
-        let step = f64::from(width - 4) / (finite.len() - 1) as f64;
-        let points: Vec<String> = finite
-            .iter()
-            .enumerate()
-            .map(|(i, v)| format!("{:.1},{:.1}", 2.0 + i as f64 * step, f64::from(height - 2) - (v - min) / span * f64::from(height - 4)))
-            .collect();
-        let _ = write!(svg, r#"<polyline points="{}"/>"#, points.join(" "));
+        let step = f64::from(width - 4) / (values.len() - 1) as f64;
+        let point = |i: usize, v: f64| format!("{:.1},{:.1}", 2.0 + i as f64 * step, f64::from(height - 2) - (v - min) / span * f64::from(height - 4));
+        let mut segment: Vec<String> = Vec::new();
+        let flush = |segment: &mut Vec<String>, svg: &mut String| {
+            match segment.len() {
+                0 => {}
+                1 => {
+                    let (x, y) = segment[0].split_once(',').unwrap_or(("0", "0"));
+                    let _ = write!(svg, r#"<circle cx="{x}" cy="{y}" r="1.5"/>"#);
+                }
+                _ => {
+                    let _ = write!(svg, r#"<polyline points="{}"/>"#, segment.join(" "));
+                }
+            }
+            segment.clear();
+        };
+        for (i, value) in values.iter().enumerate() {
+            match value.filter(|v| v.is_finite()) {
+                Some(v) => segment.push(point(i, v)),
+                None => flush(&mut segment, &mut svg),
+            }
+        }
+        flush(&mut segment, &mut svg);
     }
     svg.push_str("</svg>");
     svg
@@ -80,9 +98,13 @@ mod tests {
 
     #[test]
     fn a_sparkline_spans_its_values() {
-        let svg = sparkline(&[1.0, 3.0, 2.0], 100, 20, "trend");
+        let svg = sparkline(&[Some(1.0), Some(3.0), Some(2.0)], 100, 20, "trend");
         assert!(svg.contains("polyline"));
         assert!(svg.contains("2.0,18.0"), "{svg}");
         assert!(sparkline(&[], 100, 20, "trend").contains("class=\"empty\""));
+        // A gap breaks the line; the points keep their places in time.
+        let gapped = sparkline(&[Some(1.0), Some(2.0), None, Some(3.0), Some(1.0)], 100, 20, "trend");
+        assert_eq!(gapped.matches("<polyline").count(), 2, "{gapped}");
+        assert!(gapped.contains("74.0,2.0"), "the fourth of five points sits three quarters along: {gapped}");
     }
 }
