@@ -185,6 +185,16 @@ async fn every_page_shows_the_demo_workload_in_a_real_browser_without_console_er
     check("/exceptions", &exceptions);
     assert!(exceptions.texts(EXCEPTION_ROWS).iter().any(|row| row.contains(&stuck_order)), "{stuck_order} in the exception queue");
 
+    // The stuck order as a work item: its overdue step and what an
+    // operator can do (sign-in is off, so everyone may).
+    let stuck_id = stuck["transactions"][0]["id"].as_str().unwrap().to_owned();
+    let item = load(web, &format!("/exceptions/{stuck_id}"), "exception").await;
+    check("/exceptions/ID", &item);
+    assert!(item.texts(".step").concat().contains("order.accepted"), "the overdue step: {:?}", item.texts(".step"));
+    for action in ["acknowledge", "assign", "comment", "resolve"] {
+        assert_eq!(item.texts(&format!("form.action-{action} button")).len(), 1, "the {action} button");
+    }
+
     let sla = api_when(web, "/api/v1/sla", |b| b["rules"].as_array().is_some_and(|r| r.iter().any(|r| r["state"] == "firing"))).await;
     assert!(sla["rules"].as_array().unwrap().iter().any(|r| r["name"] == "overdue_orders" && r["state"] == "firing"), "{sla:#}");
     let sla_page = load(web, "/sla", "sla").await;
