@@ -114,6 +114,10 @@ async fn a_form_without_a_valid_csrf_token_is_refused() {
     // which Waybill never grants: it needs no token.
     let json = admin.send("POST", "/api/v1/silences", Some("application/json"), body.into()).await;
     assert!(json.status.is_success(), "{} {}", json.status, json.body);
+    // Created by who is signed in, whatever the body claims.
+    let claimed = r#"{"matchers": {"rule": "x"}, "duration": "1h", "created_by": "someone-else"}"#;
+    let created = admin.send("POST", "/api/v1/silences", Some("application/json"), claimed.into()).await;
+    assert_eq!(created.json()["created_by"], "ada", "{}", created.body);
     // And the token still works for a form.
     assert_eq!(admin.post_form("/logout", &[("csrf", &token)]).await.status, StatusCode::SEE_OTHER);
     common::drop_database(&pages.store).await;

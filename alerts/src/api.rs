@@ -14,6 +14,11 @@ use crate::evaluator::Alerts;
 use crate::now_ns;
 use crate::silence::{self, NewSilence};
 
+/// Who is signed in, when a sign-in layer in front of the API knows: a
+/// silence is then created by them, whatever the request body says.
+#[derive(Debug, Clone)]
+pub struct SignedIn(pub String);
+
 pub fn router(alerts: Alerts) -> Router {
     Router::new()
         .route("/api/v1/rules", get(rules))
@@ -39,11 +44,18 @@ async fn silences(State(alerts): State<Alerts>) -> Response {
     }
 }
 
-async fn create_silence(State(alerts): State<Alerts>, body: Result<Json<NewSilence>, axum::extract::rejection::JsonRejection>) -> Response {
-    let Json(request) = match body {
+async fn create_silence(
+    State(alerts): State<Alerts>,
+    signed_in: Option<axum::Extension<SignedIn>>,
+    body: Result<Json<NewSilence>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(mut request) = match body {
         Ok(body) => body,
         Err(rejection) => return error(StatusCode::BAD_REQUEST, &format!("the silence is malformed: {}", rejection.body_text())),
     };
+    if let Some(axum::Extension(SignedIn(user))) = signed_in {
+        request.created_by = user;
+    }
     match silence::create(alerts.store(), request, now_ns()).await {
         Ok(Ok(created)) => (StatusCode::CREATED, Json(created)).into_response(),
         Ok(Err(message)) => error(StatusCode::BAD_REQUEST, &message),

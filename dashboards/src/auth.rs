@@ -294,6 +294,9 @@ pub async fn authenticate(State(dashboards): State<Dashboards>, request: Request
     }
     request.extensions_mut().insert(Csrf(csrf));
     if let Some(viewer) = viewer {
+        if viewer.signed_in {
+            request.extensions_mut().insert(waybill_alerts::api::SignedIn(viewer.name.clone()));
+        }
         request.extensions_mut().insert(viewer);
     }
     let mut response = next.run(request).await;
