@@ -30,7 +30,9 @@ fn now_ns() -> i64 {
 }
 
 /// Orders over the last week through portal or EDI, ERP, warehouse and
-/// billing; a tenth stuck past their invoice deadline, a few failed.
+/// billing; a tenth stuck past their invoice deadline, a few failed. Each
+/// has an order, sales order, shipment and partner key (40 partners, so a
+/// partner key is shared by 25 k transactions).
 fn transactions_sql(transactions: usize, now: i64) -> String {
     format!(
         "INSERT INTO transactions ({columns})
@@ -58,7 +60,7 @@ fn keys_sql(transactions: usize) -> String {
          SELECT k.1, k.2, Id FROM (
              SELECT concat('T-', toString(number)) AS Id,
                     arrayJoin([(concat('PO-', toString(number)), 'order'), (concat('SO-', toString(number)), 'sales_order'),
-                               (concat('SH-', toString(number)), 'shipment')]) AS k
+                               (concat('SH-', toString(number)), 'shipment'), (concat('PARTNER-', toString(number % 40)), 'partner')]) AS k
              FROM numbers({transactions}))"
     )
 }
@@ -140,6 +142,7 @@ async fn main() {
 
     let timings = vec![
         time_page(&app, "search result (/search?q=SO-n)", (0..requests).map(|i| format!("/search?q=SO-{}", pick(i)))).await,
+        time_page(&app, "search, a key of 25 k transactions (PARTNER-n)", (0..requests.min(20)).map(|i| format!("/search?q=PARTNER-{}", i % 40))).await,
         time_page(&app, "transaction page (/transactions/T-n)", (0..requests).map(|i| format!("/transactions/T-{}", pick(i)))).await,
         time_page(&app, "board (/board)", (0..requests).map(|_| "/board".to_owned())).await,
         time_page(&app, "board, one partner (/board?partner=...)", (0..requests).map(|i| format!("/board?partner=PARTNER-{}", i % 40))).await,
