@@ -154,6 +154,12 @@ async fn scripts_use_http_basic_and_a_trusted_proxy_names_the_user() {
     let page = script.get("/api/v1/transactions?state=stuck").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert_eq!(page.json()["transactions"], serde_json::json!([]));
+    // An API action with Basic needs no token (past the layer, the
+    // transaction is unknown); a page's form still does.
+    let api = script.post_form("/api/v1/exceptions/T-unknown/acknowledge", &[]).await;
+    assert_eq!(api.status, StatusCode::NOT_FOUND, "{}", api.body);
+    let form = script.post_form("/exceptions/T-unknown/acknowledge", &[]).await;
+    assert_eq!(form.status, StatusCode::FORBIDDEN, "{}", form.body);
     let mut wrong = pages.browser();
     wrong.headers.push(("Authorization".into(), basic("olga", "nope")));
     assert_eq!(wrong.get("/api/v1/transactions?state=stuck").await.status, StatusCode::UNAUTHORIZED);

@@ -258,7 +258,7 @@ pub async fn authenticate(State(dashboards): State<Dashboards>, request: Request
         let Some(viewer) = &viewer else {
             return match config.mode {
                 AuthMode::Proxy => refuse(is_api, StatusCode::UNAUTHORIZED, &format!("the proxy did not name a user in {}", config.user_header)),
-                _ if is_api || state_changing => refuse(true, StatusCode::UNAUTHORIZED, "sign in first (or send HTTP Basic credentials)"),
+                _ if is_api || state_changing => refuse(is_api, StatusCode::UNAUTHORIZED, "sign in first (or send HTTP Basic credentials)"),
                 _ => {
                     let next_path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
                     let mut response = Redirect::to(&format!("/login?next={}", crate::page::url_encode(&next_path))).into_response();
@@ -277,8 +277,11 @@ pub async fn authenticate(State(dashboards): State<Dashboards>, request: Request
     // Browsers cannot send a JSON body or a DELETE to another site without
     // a CORS preflight, which Waybill never grants: only forms (and other
     // simple requests) can be forged, and those must carry the token.
+    // Scripts calling the API with HTTP Basic have no session to steal; a
+    // browser never holds Basic credentials for Waybill (it never asks for
+    // them), and pages still need the token.
     let forgeable = !(request.method() == Method::DELETE || is_json(request.headers()));
-    if state_changing && !verified_basic && forgeable {
+    if state_changing && !(verified_basic && is_api) && forgeable {
         let (parts, body) = request.into_parts();
         let bytes = match axum::body::to_bytes(body, MAX_FORM_BYTES).await {
             Ok(bytes) => bytes,
