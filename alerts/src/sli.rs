@@ -165,8 +165,6 @@ pub struct Scan {
     dimensions: Vec<String>,
     /// What to read: `OR`ed, each a range the source's sort order narrows.
     reads: Vec<String>,
-    /// Latency scans also count per histogram bucket.
-    latency: bool,
     /// Pairs: the earliest source time of a `to` and of a `from` read.
     earliest_to_ns: i64,
     earliest_from_ns: i64,
@@ -219,7 +217,6 @@ impl Scan {
             conditions: Vec::new(),
             dimensions: Vec::new(),
             reads: Vec::new(),
-            latency: false,
             earliest_to_ns: i64::MAX,
             earliest_from_ns: i64::MAX,
             members: Vec::new(),
@@ -282,7 +279,6 @@ impl Scan {
                 self.read(format!("{arrived} AND Ingested <= {now}"));
                 within = self.bit(arrived);
                 value = Value::Quantile(*quantile);
-                self.latency = true;
             }
             Sli::Latency { key: Some(_), quantile, .. } => {
                 // Each `to` in the window pairs with the latest `from` before
@@ -292,7 +288,6 @@ impl Scan {
                 self.earliest_from_ns = self.earliest_from_ns.min(paired_from_ns);
                 within = self.bit(format!("b.SourceTime >= {start} AND a.SourceTime >= fromUnixTimestamp64Nano({paired_from_ns})"));
                 value = Value::Quantile(*quantile);
-                self.latency = true;
             }
             Sli::ErrorRate { span_kind } => {
                 let kind = quote_string(span_kind.as_deref().unwrap_or("Client"));
@@ -349,7 +344,6 @@ impl Scan {
             }
             Source::Spans => ("0".to_owned(), "[]".to_owned(), format!("otel_traces WHERE {reads}")),
         };
-        let bucket = if self.latency { bucket } else { "0".to_owned() };
         format!(
             "SELECT dims, mask, bucket, overdue, count() AS n \
              FROM (SELECT {dims} AS dims, {mask} AS mask, toInt32({bucket}) AS bucket, {overdue}::Array(String) AS overdue FROM {from}) \

@@ -61,7 +61,7 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
     (status, Html(html)).into_response()
 }
 
-/// The store did not answer: a 503 page, or JSON for the API twin.
+/// The store did not answer: a 503 page (`json_error` is the API twins' form).
 pub fn store_error(err: impl std::fmt::Display) -> Response {
     error_page(StatusCode::SERVICE_UNAVAILABLE, &format!("the store did not answer: {err}"))
 }
