@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::now_ns;
+
 use std::collections::BTreeMap;
 
 use clickhouse::Row;
@@ -57,10 +59,6 @@ impl Event {
     fn key(&self, kind: &str) -> String {
         self.key_kinds.iter().position(|k| k == kind).map(|i| self.key_values[i].clone()).unwrap_or_default()
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
 }
 
 /// Orders' milestones over the last three hours from two systems, some

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, wait_for_status, waybill, which, work_dir, Running};
+use common::process::{waybill, which, work_dir};
+use common::service::Service;
 use scraper::{Html, Selector};
 use serde_json::Value;
 
@@ -121,19 +122,8 @@ async fn every_page_shows_the_demo_workload_in_a_real_browser_without_console_er
     let dir = work_dir("browser");
     std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
     std::fs::write(dir.join("waybill.yaml"), "alerts:\n  rules_file: rules.yaml\n").unwrap();
-    let (web, otlp) = (free_port(), free_port());
-    let serve = waybill(&dir)
-        .args(["--config", "waybill.yaml", "serve"])
-        .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{web}"))
-        .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
-        .env("WAYBILL_OTLP__GRPC_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("WAYBILL_LINEAGE__RESOLVE_INTERVAL_MS", "200")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _serve = Running(serve);
-    wait_for_status(web, "/readyz", 200, Duration::from_secs(60)).await;
+    let service = Service::start_in(dir.clone()).await;
+    let (web, otlp) = (service.http.port(), service.otlp.port());
 
     // Before any data: the start page tells a newcomer what to do.
     let empty = load(web, "/", "start-empty").await;

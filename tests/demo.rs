@@ -6,10 +6,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, text, wait_for_status, waybill, work_dir, Running};
+use common::process::{free_port, text, waybill, work_dir};
+use common::service::Service;
 use serde_json::Value;
 
 const STATES: [&str; 4] = ["in_flight", "stuck", "failed", "completed"];
@@ -58,20 +58,8 @@ fn stuck_before_acceptance(transaction: &Value) -> bool {
 
 #[tokio::test]
 async fn the_demo_workload_becomes_joined_lineage_and_stuck_orders() {
-    let dir = work_dir("demo");
-    let (http, otlp) = (free_port(), free_port());
-    let serve = waybill(&dir)
-        .arg("serve")
-        .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
-        .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
-        .env("WAYBILL_OTLP__GRPC_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("WAYBILL_LINEAGE__RESOLVE_INTERVAL_MS", "200")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _serve = Running(serve);
-    wait_for_status(http, "/readyz", 200, Duration::from_secs(60)).await;
+    let service = Service::start("demo", "{}\n").await;
+    let (dir, web, otlp) = (service.dir.clone(), service.http, service.otlp.port());
 
     let mut demo = waybill(&dir);
     demo.args(["demo", "--endpoint", &format!("http://127.0.0.1:{otlp}"), "--duration", "8s", "--orders-per-second", "5", "--seed", "1"]);
@@ -81,7 +69,6 @@ async fn the_demo_workload_becomes_joined_lineage_and_stuck_orders() {
     assert!(said.contains("curl 'http://127.0.0.1:8080/api/v1/transactions?state=stuck'"), "the demo did not say where to look:\n{said}");
     assert!(!said.contains("exports failed"), "{said}");
 
-    let web = SocketAddr::from(([127, 0, 0, 1], http));
     let start = Instant::now();
     loop {
         let all = transactions(web).await;

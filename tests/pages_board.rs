@@ -4,16 +4,14 @@
 
 mod common;
 
+use common::now_ns;
+
 use axum::http::StatusCode;
 use common::pages::Pages;
 use waybill_store::{TransactionKeyRow, TransactionRow};
 
 const MIN: i64 = 60 * 1_000_000_000;
 const HOUR: i64 = 60 * MIN;
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
-}
 
 fn id(n: u32) -> String {
     format!("{n:032x}")

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::now_ns;
+
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -14,10 +16,6 @@ use waybill_store::TransactionRow;
 
 const MIN: i64 = 60 * 1_000_000_000;
 const HOUR: i64 = 60 * MIN;
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
-}
 
 fn id(n: u32) -> String {
     format!("{n:032x}")

@@ -5,15 +5,13 @@
 
 mod common;
 
+use common::now_ns;
+
 use axum::http::StatusCode;
 use common::pages::{Page, Pages};
 use waybill_store::SpanRow;
 
 const MINUTE_NS: i64 = 60_000_000_000;
-
-fn now_ns() -> i64 {
-    waybill_dashboards::page::now_ns()
-}
 
 /// A span of `service`, built from the shared realistic row with its
 /// business attributes, events and links replaced.

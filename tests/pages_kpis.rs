@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::now_ns;
+
 use axum::http::StatusCode;
 use common::pages::{Page, Pages};
 use waybill_store::{AlertHistoryRow, BizEventRow, ExceptionActionRow, TransactionRow};
@@ -12,10 +14,6 @@ use waybill_store::{AlertHistoryRow, BizEventRow, ExceptionActionRow, Transactio
 const MINUTE_NS: i64 = 60_000_000_000;
 const HOUR_NS: i64 = 60 * MINUTE_NS;
 const DAY_NS: i64 = 24 * HOUR_NS;
-
-fn now_ns() -> i64 {
-    waybill_dashboards::page::now_ns()
-}
 
 /// A transaction rooted at `root_kind` started `ago_ns` before now.
 fn transaction(id: &str, root_kind: &str, state: &str, outcomes: &[&str], ago_ns: i64, version: u64) -> TransactionRow {

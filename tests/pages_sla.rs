@@ -5,7 +5,9 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::now_ns;
+use common::pages::rules_file;
+
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -34,19 +36,6 @@ rules:
     below: 0.95
     severity: warning
 "#;
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
-}
-
-/// A rules file of its own for the test `name`.
-fn rules_file(name: &str, text: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("alert-rules.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 async fn start(database: &str, yaml: &str) -> Pages {
     let config = AlertsConfig { rules_file: Some(rules_file(database, RULES)), ..AlertsConfig::default() };

@@ -6,7 +6,9 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::now_ns;
+use common::pages::rules_file;
+
 
 use axum::http::StatusCode;
 use common::pages::Pages;
@@ -20,10 +22,6 @@ const HOUR: i64 = 60 * MINUTE;
 const TRACE_PORTAL: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 const TRACE_ERP: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 const TRACE_WMS: &str = "c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3";
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
-}
 
 fn id_of(kind: &str, value: &str) -> String {
     waybill_lineage::resolve::transaction_id(&(kind.to_owned(), value.to_owned()))
@@ -385,15 +383,6 @@ async fn markup_in_an_order_id_is_shown_as_text() {
     assert_eq!(none.count("script"), 0);
     assert_eq!(none.text(".searched"), "<script>x</script>");
     common::drop_database(&pages.store).await;
-}
-
-/// A rules file of its own for the test `name`.
-fn rules_file(name: &str, text: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("alert-rules.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 #[tokio::test]

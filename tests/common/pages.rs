@@ -41,6 +41,15 @@ impl Pages {
     }
 }
 
+/// An alert rules file of its own for the test `name`, holding `text`.
+pub fn rules_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("alert-rules.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// Keeps the session cookie between requests, as a browser does.
 pub struct Browser {
     app: Router,
