@@ -9,23 +9,16 @@
 //! BENCH_TRANSACTIONS (1,000,000), BENCH_RULES (100), BENCH_CYCLES (5).
 //! Figures are in BENCHMARKS.md.
 
+mod common;
+use common::{env_or, fresh_engine, migrated_store, now_ns};
+
 use std::time::{Duration, Instant};
 
 use waybill_alerts::rules::Sli;
 use waybill_alerts::{Alerts, AlertsConfig};
-use waybill_store::engine::Engine;
-use waybill_store::{SchemaTarget, Store};
 
 const INTERVAL: Duration = Duration::from_secs(15);
 const DAY_NS: i64 = 86_400_000_000_000;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
-}
 
 /// User plus system CPU time of this process so far.
 fn cpu_time() -> Duration {
@@ -120,12 +113,8 @@ async fn main() {
     let cycles = env_or("BENCH_CYCLES", 5);
 
     let dir = std::path::PathBuf::from("target/bench-alerts");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let library = std::env::var_os("WAYBILL_STORE__EMBEDDED__LIBRARY").map(Into::into).unwrap_or_else(waybill_store::engine::default_library_path);
-    let engine = Engine::open(&library, &dir.join("engine")).expect("open the embedded engine (run scripts/fetch-engine.sh)");
-    let store = Store::embedded(engine.clone(), SchemaTarget { database: "bench".into(), cluster: None, retention_days: 30 });
-    store.migrate().await.unwrap();
+    let engine = fresh_engine(&dir.join("engine"));
+    let store = migrated_store(&engine, "bench").await;
 
     let now = now_ns();
     let started = Instant::now();

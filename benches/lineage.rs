@@ -25,6 +25,9 @@
 //! resolve step, 100,000 = 1 s at 100k spans/s), BENCH_STEPS (steady-state
 //! resolve steps, 3). Figures are in BENCHMARKS.md.
 
+mod common;
+use common::{env_or, fresh_engine, now_ns};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,14 +54,6 @@ const PIPELINE_BATCH_ROWS: usize = 20_000;
 /// The longest `IN (...)` list the resolver sends (`resolve::LIST_BYTES`), for the replay.
 const RESOLVER_LIST_BYTES: usize = 192 * 1024;
 const KINDS: [&str; 4] = ["order", "sales_order", "shipment", "invoice"];
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
-}
 
 /// A well-mixed 64-bit hash (splitmix64): random-looking ids and choices
 /// that the bench can regenerate from an order's number.
@@ -708,10 +703,7 @@ async fn main() {
     let lookups = env_or("BENCH_LOOKUPS", 2000);
     let step_events = env_or("BENCH_STEP_EVENTS", 100_000);
     let steady_steps = env_or("BENCH_STEPS", 3);
-    let dir = std::path::PathBuf::from("target/bench-lineage");
-    let _ = std::fs::remove_dir_all(&dir);
-    let library = std::env::var_os("WAYBILL_STORE__EMBEDDED__LIBRARY").map(Into::into).unwrap_or_else(waybill_store::engine::default_library_path);
-    let engine = Engine::open(&library, &dir).expect("open the embedded engine (run scripts/fetch-engine.sh)");
+    let engine = fresh_engine(std::path::Path::new("target/bench-lineage"));
     let target = SchemaTarget { database: "lineage".into(), cluster: None, retention_days: 30 };
     let store = Store::embedded(engine.clone(), target);
     store.migrate().await.unwrap();

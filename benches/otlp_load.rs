@@ -9,6 +9,9 @@
 //! span is a business record, with keys and a milestone; N: one span in N,
 //! the others plain spans of the same flow). Figures are in BENCHMARKS.md.
 
+mod common;
+use common::{env_or, fresh_engine, migrated_store};
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,14 +25,9 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use waybill_collector::ExportTraceServiceRequest;
-use waybill_store::engine::{Engine, EngineQuery};
-use waybill_store::{SchemaTarget, Store};
+use waybill_store::engine::EngineQuery;
 
 const SPANS_PER_REQUEST: usize = 512;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn text(key: &str, value: impl Into<String>) -> KeyValue {
     KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }), ..Default::default() }
@@ -105,12 +103,8 @@ fn request(batch: u64, now_ns: u64, business_every: u64) -> ExportTraceServiceRe
 /// Raw engine insert rate of `rows`: the engine's own RowBinary of them,
 /// loaded with INSERT ... FROM INFILE in batches of 20,000.
 async fn raw_engine_rate(dir: &std::path::Path, rows: &[waybill_store::SpanRow]) -> f64 {
-    let library = std::env::var_os("WAYBILL_STORE__EMBEDDED__LIBRARY")
-        .map(Into::into)
-        .unwrap_or_else(waybill_store::engine::default_library_path);
-    let engine = Engine::open(&library, dir).expect("open the embedded engine (run scripts/fetch-engine.sh)");
-    let store = Store::embedded(engine.clone(), SchemaTarget { database: "raw".into(), cluster: None, retention_days: 30 });
-    store.migrate().await.unwrap();
+    let engine = fresh_engine(dir);
+    let store = migrated_store(&engine, "raw").await;
     store.insert(waybill_store::schema::OTEL_TRACES.name, rows).await.unwrap();
     let columns = "Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName, \
         ResourceAttributes, ScopeName, ScopeVersion, SpanAttributes, Duration, StatusCode, StatusMessage, \

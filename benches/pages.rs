@@ -8,6 +8,9 @@
 //! Run: `cargo bench --bench pages`. Environment: BENCH_TRANSACTIONS
 //! (1,000,000), BENCH_REQUESTS (100 per page). Figures are in BENCHMARKS.md.
 
+mod common;
+use common::{env_or, fresh_engine, migrated_store, now_ns};
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -16,18 +19,8 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 use waybill_alerts::{Alerts, AlertsConfig};
 use waybill_dashboards::{Dashboards, DashboardsConfig};
-use waybill_store::engine::Engine;
-use waybill_store::{SchemaTarget, Store};
 
 const DAY_NS: i64 = 86_400_000_000_000;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
-}
 
 /// Orders over the last week through portal or EDI, ERP, warehouse and
 /// billing; a tenth stuck past their invoice deadline, a few failed. Each
@@ -118,13 +111,8 @@ async fn main() {
     let transactions = env_or("BENCH_TRANSACTIONS", 1_000_000);
     let requests = env_or("BENCH_REQUESTS", 100);
 
-    let dir = std::path::PathBuf::from("target/bench-pages");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let library = std::env::var_os("WAYBILL_STORE__EMBEDDED__LIBRARY").map(Into::into).unwrap_or_else(waybill_store::engine::default_library_path);
-    let engine = Engine::open(&library, &dir.join("engine")).expect("open the embedded engine (run scripts/fetch-engine.sh)");
-    let store = Store::embedded(engine.clone(), SchemaTarget { database: "bench".into(), cluster: None, retention_days: 30 });
-    store.migrate().await.unwrap();
+    let engine = fresh_engine(std::path::Path::new("target/bench-pages/engine"));
+    let store = migrated_store(&engine, "bench").await;
 
     let now = now_ns();
     let started = Instant::now();

@@ -11,18 +11,17 @@
 //! Run: `cargo bench --bench store_insert` (env BENCH_ROWS, BENCH_BATCH,
 //! BENCH_RUNS). Figures are written down in BENCHMARKS.md.
 
+mod common;
+use common::{env_or, fresh_engine};
+
 #[path = "../tests/common/rows.rs"]
 mod rows;
 
 use std::time::Instant;
 
-use waybill_store::engine::{Engine, EngineQuery};
+use waybill_store::engine::EngineQuery;
 use waybill_store::http_interface::{self, Access};
 use waybill_store::{SchemaTarget, SpanRow, Store, StoreConfig, StoreMode};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -35,11 +34,7 @@ async fn main() {
     let batch = env_or("BENCH_BATCH", 20_000);
     let runs = env_or("BENCH_RUNS", 5);
     let dir = std::path::PathBuf::from("target/bench-data");
-    let _ = std::fs::remove_dir_all(&dir);
-    let library = std::env::var_os("WAYBILL_STORE__EMBEDDED__LIBRARY")
-        .map(Into::into)
-        .unwrap_or_else(waybill_store::engine::default_library_path);
-    let engine = Engine::open(&library, &dir).expect("open the embedded engine (run scripts/fetch-engine.sh)");
+    let engine = fresh_engine(&dir);
     let target = SchemaTarget { database: "bench".into(), cluster: None, retention_days: 30 };
     let store = Store::embedded(engine.clone(), target.clone());
     store.migrate().await.unwrap();
