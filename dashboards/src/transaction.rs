@@ -387,13 +387,11 @@ async fn spans(dashboards: &Dashboards, traces: &[String], ranges: &HashMap<Stri
     if conditions.is_empty() {
         return Ok(HashMap::new());
     }
-    let cap = per_trace_cap(traces.len());
-    let sql = format!(
-        "SELECT Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, Duration, StatusCode, StatusMessage \
-         FROM otel_traces WHERE {} ORDER BY TraceId, Timestamp, SpanId LIMIT {} BY TraceId LIMIT {}",
-        conditions.join(" OR "),
-        cap + 1,
-        (cap + 1) * traces.len(),
+    let sql = per_trace_sql(
+        "Timestamp, TraceId, SpanId, ParentSpanId, SpanName, SpanKind, ServiceName, Duration, StatusCode, StatusMessage FROM otel_traces",
+        &conditions,
+        "TraceId, Timestamp, SpanId",
+        traces.len(),
     );
     let rows: Vec<SpanRecord> = dashboards.store().fetch_all(&sql).await?;
     let mut out: HashMap<String, Vec<SpanLine>> = HashMap::new();
@@ -441,13 +439,11 @@ async fn logs(
     if conditions.is_empty() {
         return Ok(HashMap::new());
     }
-    let cap = per_trace_cap(traces.len());
-    let sql = format!(
-        "SELECT Timestamp, TraceId, SpanId, SeverityText, ServiceName, substringUTF8(Body, 1, {MAX_BODY_CHARS}) AS Body \
-         FROM otel_logs WHERE {} ORDER BY TraceId, Timestamp LIMIT {} BY TraceId LIMIT {}",
-        conditions.join(" OR "),
-        cap + 1,
-        (cap + 1) * traces.len(),
+    let sql = per_trace_sql(
+        &format!("Timestamp, TraceId, SpanId, SeverityText, ServiceName, substringUTF8(Body, 1, {MAX_BODY_CHARS}) AS Body FROM otel_logs"),
+        &conditions,
+        "TraceId, Timestamp",
+        traces.len(),
     );
     let rows: Vec<LogRecord> = dashboards.store().fetch_all(&sql).await?;
     let mut out: HashMap<String, Vec<LogLine>> = HashMap::new();
@@ -462,6 +458,14 @@ async fn logs(
         });
     }
     Ok(out)
+}
+
+/// `SELECT {what} WHERE` any of the per-trace `conditions`, in `order`, at
+/// most one row more per trace than the per-trace bound (to tell when a
+/// trace was cut).
+fn per_trace_sql(what: &str, conditions: &[String], order: &str, traces: usize) -> String {
+    let cap = per_trace_cap(traces) + 1;
+    format!("SELECT {what} WHERE {} ORDER BY {order} LIMIT {cap} BY TraceId LIMIT {}", conditions.join(" OR "), cap * traces)
 }
 
 /// `spans` (in time order) with each after its parent, children by start,
