@@ -30,6 +30,8 @@ if [ ! -x target/python/bin/python ] || ! cmp -s tests/python/requirements.txt t
   target/python/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
   cp tests/python/requirements.txt target/python/requirements.txt
 fi
+# Test data (engine directories, work dirs) from earlier runs.
+rm -rf target/tmp
 export OTLP_TEST_PYTHON="$PWD/target/python/bin/python"
 cargo check --locked --workspace --benches --quiet
 cargo test --locked --workspace "$@"
