@@ -70,6 +70,11 @@ pub struct OtlpConfig {
     pub max_attributes_per_record: usize,
     /// Longest attribute string value in bytes; longer ones are cut (counted).
     pub max_attribute_value_bytes: usize,
+    /// Encoded (decompressed) bytes of the requests being decoded, converted
+    /// and stored at once. A request in flight holds about ten times its
+    /// encoded size, so this bounds the service's memory under overload;
+    /// past it requests wait up to 0.5 s, then get 429 / RESOURCE_EXHAUSTED.
+    pub max_inflight_bytes: usize,
     /// Sending systems and their bearer tokens. Empty (the default): no
     /// token is asked for. Otherwise every request needs one, and the
     /// source's name is stored on each row (column WaybillSource).
@@ -96,6 +101,7 @@ impl Default for OtlpConfig {
             max_decompressed_bytes: 64 << 20,
             max_attributes_per_record: 128,
             max_attribute_value_bytes: 8192,
+            max_inflight_bytes: 24 << 20,
             sources: Vec::new(),
         }
     }
@@ -304,6 +310,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "otlp.max_body_bytes must be positive and otlp.max_decompressed_bytes at least as large".into(),
             ));
+        }
+        if self.otlp.max_inflight_bytes == 0 {
+            return Err(ConfigError::Invalid("otlp.max_inflight_bytes must be positive".into()));
         }
         if self.otlp.max_attributes_per_record == 0 || self.otlp.max_attribute_value_bytes == 0 {
             return Err(ConfigError::Invalid(

@@ -279,7 +279,7 @@ fn digest(message: &impl Message, source: &str) -> (u128, usize) {
 impl Sink for Pipeline {
     async fn accept_traces(&self, request: ExportTraceServiceRequest, source: String) -> Result<Accepted, SinkError> {
         let extractor = self.extractor.clone();
-        let (digest, rows, business) = tokio::task::spawn_blocking(move || {
+        let (digest, rows, business) = waybill_collector::work::run(move || {
             let rows = span_rows(&request, &source);
             let business = extractor.spans(&rows);
             (digest(&request, &source), rows, business)
@@ -291,7 +291,7 @@ impl Sink for Pipeline {
 
     async fn accept_logs(&self, request: ExportLogsServiceRequest, source: String) -> Result<Accepted, SinkError> {
         let extractor = self.extractor.clone();
-        let (digest, rows, business) = tokio::task::spawn_blocking(move || {
+        let (digest, rows, business) = waybill_collector::work::run(move || {
             let rows = log_rows(&request, &source);
             let business = extractor.logs(&rows);
             (digest(&request, &source), rows, business)

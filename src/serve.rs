@@ -85,7 +85,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     #[cfg(unix)]
     servers.spawn("SIGHUP handler", reload_on_sighup(alerts.clone(), shutdown_rx.clone()));
     let sources = config.otlp.sources();
-    let otlp = waybill_collector::http::router(sink.clone(), limits, sources.clone());
+    // One memory budget for both receivers.
+    let admission = waybill_collector::admission::Admission::new(config.otlp.max_inflight_bytes);
+    let otlp = waybill_collector::http::router(sink.clone(), limits, sources.clone(), admission.clone());
     let listener = TcpListener::bind(config.otlp.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (otlp.http_listen)", config.otlp.http_listen))?;
@@ -103,7 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let shutdown = async move {
             let _ = grpc_shutdown.wait_for(|stop| *stop).await;
         };
-        waybill_collector::grpc::serve(listener, grpc_sink, max_message_bytes, limits.attributes, sources, shutdown).await.context("OTLP/gRPC receiver failed")
+        waybill_collector::grpc::serve(listener, grpc_sink, max_message_bytes, limits.attributes, sources, admission, shutdown).await.context("OTLP/gRPC receiver failed")
     });
 
     if config.sql_endpoint.enabled {

@@ -382,14 +382,18 @@ fn json_span(order: &str, span_id: &str) -> String {
         .replace("eee19b7ec3c1b174", span_id)
 }
 
-/// At least once without double counting: while the store is unreachable
-/// the queue stays bounded (429) and clients are told to retry (503); once
-/// it is back, the retried request is stored, and a resend of an already
-/// acknowledged request is not stored again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_store_loses_nothing_and_stores_resends_once() {
+/// A service in server mode whose store (a ClickHouse HTTP endpoint on
+/// `store_port`) is not there until [`Outage::store_returns`].
+struct Outage {
+    _running: Running,
+    http: u16,
+    otlp: SocketAddr,
+    store_port: u16,
+}
+
+async fn start_without_store(name: &str, database: &str, settings: &[(&str, &str)]) -> Outage {
     let store_port = free_port();
-    let dir = work_dir("otlp-outage");
+    let dir = work_dir(name);
     let (http, otlp) = (free_port(), free_port());
     let child = waybill(&dir)
         .arg("serve")
@@ -397,17 +401,77 @@ async fn an_unreachable_store_loses_nothing_and_stores_resends_once() {
         .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
         .env("WAYBILL_STORE__MODE", "server")
         .env("WAYBILL_STORE__SERVER__URL", format!("http://127.0.0.1:{store_port}"))
-        .env("WAYBILL_STORE__DATABASE", "t_outage")
-        .env("WAYBILL_PIPELINE__MAX_BATCH_ROWS", "1")
-        .env("WAYBILL_PIPELINE__MAX_QUEUED_ROWS", "1")
+        .env("WAYBILL_STORE__DATABASE", database)
         .env("WAYBILL_PIPELINE__RETRY_SECONDS", "3")
+        .envs(settings.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _running = Running(child);
+    let running = Running(child);
     wait_for_status(http, "/healthz", 200, Duration::from_secs(60)).await;
-    let otlp = SocketAddr::from(([127, 0, 0, 1], otlp));
+    Outage { _running: running, http, otlp: SocketAddr::from(([127, 0, 0, 1], otlp)), store_port }
+}
+
+impl Outage {
+    /// Serves the store on its address, backed by the test's engine.
+    async fn store_returns(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.store_port)).await.unwrap();
+        let router = waybill_store::http_interface::router(common::engine(), waybill_store::http_interface::Access::ReadWrite);
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        wait_for_status(self.http, "/readyz", 200, Duration::from_secs(60)).await;
+    }
+}
+
+/// Memory is bounded at the door: while one request holds the whole
+/// in-flight budget (its store write is being retried), another is refused
+/// with 429 and a retry hint before it is decoded, and once the first is
+/// answered the budget is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_inflight_budget_are_refused_as_busy_until_it_frees() {
+    let first = json_span("PO-INFLIGHT", "00000000000000c1");
+    let budget = first.len().to_string();
+    let outage = start_without_store("otlp-inflight", "t_inflight", &[("WAYBILL_OTLP__MAX_INFLIGHT_BYTES", &budget)]).await;
+    let json = [("Content-Type", "application/json")];
+    let otlp = outage.otlp;
+    let pending = tokio::spawn({
+        let body = first.clone();
+        async move { common::http(otlp, "POST", "/v1/traces", &json, body.as_bytes()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics_address = SocketAddr::from(([127, 0, 0, 1], outage.http));
+    let metrics = common::http(metrics_address, "GET", "/metrics", &[], b"").await.text();
+    assert_eq!(metric(&metrics, "waybill_collector_inflight_bytes", &[]), Some(first.len() as f64));
+    let second = json_span("PO-SECOND", "00000000000000c2");
+    let busy = common::http(otlp, "POST", "/v1/traces", &json, second.as_bytes()).await;
+    assert_eq!(busy.status, 429, "{}", busy.text());
+    assert_eq!(busy.header("Retry-After"), Some("1"));
+    let metrics = common::http(metrics_address, "GET", "/metrics", &[], b"").await.text();
+    assert_eq!(metric(&metrics, "waybill_collector_refused_requests_total", &[("protocol", "http"), ("reason", "busy")]), Some(1.0));
+    assert_eq!(pending.await.unwrap().status, 503);
+
+    outage.store_returns().await;
+    let metrics = common::http(metrics_address, "GET", "/metrics", &[], b"").await.text();
+    assert_eq!(metric(&metrics, "waybill_collector_inflight_bytes", &[]), Some(0.0));
+    for body in [&first, &second] {
+        let response = common::http(otlp, "POST", "/v1/traces", &json, body.as_bytes()).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+}
+
+/// At least once without double counting: while the store is unreachable
+/// the queue stays bounded (429) and clients are told to retry (503); once
+/// it is back, the retried request is stored, and a resend of an already
+/// acknowledged request is not stored again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_loses_nothing_and_stores_resends_once() {
+    let outage = start_without_store(
+        "otlp-outage",
+        "t_outage",
+        &[("WAYBILL_PIPELINE__MAX_BATCH_ROWS", "1"), ("WAYBILL_PIPELINE__MAX_QUEUED_ROWS", "1")],
+    )
+    .await;
+    let (http, otlp, store_port) = (outage.http, outage.otlp, outage.store_port);
     let json = [("Content-Type", "application/json")];
     let first = json_span("PO-OUTAGE", "00000000000000a1");
 
@@ -430,10 +494,7 @@ async fn an_unreachable_store_loses_nothing_and_stores_resends_once() {
     assert!(unavailable.header("Retry-After").is_some());
 
     // The store comes back on the same address.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", store_port)).await.unwrap();
-    let router = waybill_store::http_interface::router(common::engine(), waybill_store::http_interface::Access::ReadWrite);
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    wait_for_status(http, "/readyz", 200, Duration::from_secs(60)).await;
+    outage.store_returns().await;
 
     for attempt in ["retry after 503", "resend after a lost answer"] {
         let response = common::http(otlp, "POST", "/v1/traces", &json, first.as_bytes()).await;

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::signal::{self, Signal};
 use crate::validate::AttributeLimits;
+use crate::admission::Admission;
 use crate::auth::Sources;
 use crate::metrics;
 use crate::sink::{Sink, SinkError};
@@ -29,6 +30,7 @@ struct Receiver<S> {
     sink: Arc<S>,
     limits: AttributeLimits,
     sources: Sources,
+    admission: Admission,
 }
 
 impl<S> Receiver<S> {
@@ -54,6 +56,12 @@ fn status_from(err: SinkError) -> Status {
 impl<S: Sink> Receiver<S> {
     async fn export<T: Signal>(&self, request: Request<T>) -> Result<Response<T::Response>, Status> {
         let source = self.identify(&request, T::NAME)?;
+        // tonic has decoded the message already; from here on (rows, queue,
+        // store) its memory counts against the budget.
+        let _admitted = self.admission.admit(request.get_ref().encoded_len()).await.map_err(|err| {
+            metrics::refused(T::NAME, "grpc", metrics::sink_reason(&err), 0);
+            status_from(err)
+        })?;
         signal::export(self.sink.as_ref(), request.into_inner(), source, &self.limits, "grpc")
             .await
             .map(Response::new)
@@ -83,19 +91,21 @@ impl<S: Sink> LogsService for Receiver<S> {
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` resolves, then finishes
 /// the requests in flight. `max_message_bytes` bounds a decoded (and
-/// decompressed) request; tonic refuses larger ones with OUT_OF_RANGE.
+/// decompressed) request; tonic refuses larger ones with OUT_OF_RANGE. Each
+/// decoded request takes its size from `admission` until it is answered.
 pub async fn serve<S: Sink>(
     listener: TcpListener,
     sink: Arc<S>,
     max_message_bytes: usize,
     limits: AttributeLimits,
     sources: Sources,
+    admission: Admission,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let traces = TraceServiceServer::new(Receiver { sink: sink.clone(), limits, sources: sources.clone() })
+    let traces = TraceServiceServer::new(Receiver { sink: sink.clone(), limits, sources: sources.clone(), admission: admission.clone() })
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes);
-    let logs = LogsServiceServer::new(Receiver { sink, limits, sources })
+    let logs = LogsServiceServer::new(Receiver { sink, limits, sources, admission })
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_message_bytes);
     tonic::transport::Server::builder()

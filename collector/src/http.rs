@@ -22,6 +22,7 @@ use axum::Router;
 use prost::Message;
 use tracing::Instrument;
 
+use crate::admission::Admission;
 use crate::auth::Sources;
 use crate::signal::{self, Signal};
 use crate::{metrics, validate};
@@ -49,11 +50,14 @@ struct Receiver<S> {
     sink: Arc<S>,
     limits: HttpLimits,
     sources: Sources,
+    admission: Admission,
 }
 
-/// The OTLP/HTTP routes over `sink`, requiring one of `sources`' tokens if any.
-pub fn router<S: Sink>(sink: Arc<S>, limits: HttpLimits, sources: Sources) -> Router {
-    let receiver = Arc::new(Receiver { sink, limits, sources });
+/// The OTLP/HTTP routes over `sink`, requiring one of `sources`' tokens if
+/// any; each request's decompressed body is taken from `admission` before
+/// it is decoded.
+pub fn router<S: Sink>(sink: Arc<S>, limits: HttpLimits, sources: Sources, admission: Admission) -> Router {
+    let receiver = Arc::new(Receiver { sink, limits, sources, admission });
     Router::new()
         .route("/v1/traces", post(export::<S, ExportTraceServiceRequest>))
         .route("/v1/logs", post(export::<S, ExportLogsServiceRequest>))
@@ -210,35 +214,34 @@ fn decoded_body(
     }
 }
 
-/// Decompresses and decodes a request body off the async executor (gzip
-/// and protobuf or JSON decoding of large batches are CPU-heavy).
-async fn decode<T>(
-    content_encoding: Option<HeaderValue>,
-    body: Bytes,
-    limits: HttpLimits,
-    encoding: Encoding,
-    what: &'static str,
-) -> Result<T, Refusal>
+/// Decompresses a request body off the async executor (gzip and zstd of
+/// large batches are CPU-heavy); an uncompressed body is returned as is.
+async fn decompress(content_encoding: Option<HeaderValue>, body: Bytes, limits: HttpLimits, encoding: Encoding) -> Result<Bytes, Refusal> {
+    let identity = content_encoding.as_ref().and_then(|v| v.to_str().ok()).is_none_or(|v| matches!(v.trim(), "" | "identity"));
+    if identity {
+        return decoded_body(None, body, limits, encoding);
+    }
+    crate::work::run(move || decoded_body(content_encoding.as_ref(), body, limits, encoding))
+        .await
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, encoding, format!("decompressing task failed: {e}")))?
+}
+
+/// Decodes a (decompressed) request body off the async executor:
+/// protobuf or JSON decoding of large batches is CPU-heavy.
+async fn decode<T>(body: Bytes, encoding: Encoding, what: &'static str) -> Result<T, Refusal>
 where
     T: Message + Default + serde::de::DeserializeOwned + Send + 'static,
 {
-    tokio::task::spawn_blocking(move || decode_now(content_encoding, body, limits, encoding, what))
+    crate::work::run(move || decode_now(body, encoding, what))
         .await
         .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, encoding, format!("decoding task failed: {e}")))?
 }
 
 /// [`decode`] on the calling thread.
-fn decode_now<T>(
-    content_encoding: Option<HeaderValue>,
-    body: Bytes,
-    limits: HttpLimits,
-    encoding: Encoding,
-    what: &'static str,
-) -> Result<T, Refusal>
+fn decode_now<T>(body: Bytes, encoding: Encoding, what: &'static str) -> Result<T, Refusal>
 where
     T: Message + Default + serde::de::DeserializeOwned,
 {
-    let body = decoded_body(content_encoding.as_ref(), body, limits, encoding)?;
     match encoding {
         Encoding::Protobuf => T::decode(body).map_err(|e| format!("{what} protobuf does not decode: {e}")),
         Encoding::Json => serde_json::from_slice(&body).map_err(|e| format!("{what} JSON does not decode: {e}")),
@@ -273,7 +276,13 @@ async fn export<S: Sink, T: Signal>(
             _ => Refusal::new(StatusCode::BAD_REQUEST, encoding, format!("the body could not be read: {}", rejection.body_text())),
         })?;
         let content_encoding = headers.get(header::CONTENT_ENCODING).cloned();
-        let request: T = decode(content_encoding, body, receiver.limits, encoding, T::NAME).await?;
+        let body = decompress(content_encoding, body, receiver.limits, encoding).await?;
+        // Held until the answer: the request's memory is bounded from here on.
+        let _admitted = receiver.admission.admit(body.len()).await.map_err(|err| {
+            metrics::refused(T::NAME, "http", metrics::sink_reason(&err), 0);
+            refusal_from_sink(err, encoding)
+        })?;
+        let request: T = decode(body, encoding, T::NAME).await?;
         match signal::export(receiver.sink.as_ref(), request, source, &receiver.limits.attributes, "http").await {
             Ok(response) => Ok(success(response, encoding)),
             Err(err) => Err(refusal_from_sink(err, encoding)),
@@ -345,20 +354,20 @@ mod tests {
     }
 
     fn decoded(body: Vec<u8>, encoding: Encoding) -> Result<ExportTraceServiceRequest, Refusal> {
-        decode_now(None, body.into(), HttpLimits::default(), encoding, "trace export")
+        decode_now(body.into(), encoding, "trace export")
     }
 
     #[test]
     fn zstd_and_gzip_bodies_decode_and_bombs_are_refused() {
         let body = ExportTraceServiceRequest::default().encode_to_vec();
         let zstd_body = zstd::encode_all(&body[..], 3).unwrap();
-        let request: Result<ExportTraceServiceRequest, _> =
-            decode_now(Some(HeaderValue::from_static("zstd")), zstd_body.into(), HttpLimits::default(), Encoding::Protobuf, "t");
+        let zstd = HeaderValue::from_static("zstd");
+        let decompressed = decoded_body(Some(&zstd), zstd_body.into(), HttpLimits::default(), Encoding::Protobuf).unwrap();
+        let request: Result<ExportTraceServiceRequest, _> = decode_now(decompressed, Encoding::Protobuf, "t");
         assert!(request.is_ok());
         let bomb = zstd::encode_all(&vec![0u8; 1 << 20][..], 19).unwrap();
         let limits = HttpLimits { max_decompressed_bytes: 1 << 16, ..HttpLimits::default() };
-        let refused: Result<ExportTraceServiceRequest, _> =
-            decode_now(Some(HeaderValue::from_static("zstd")), bomb.into(), limits, Encoding::Protobuf, "t");
+        let refused = decoded_body(Some(&zstd), bomb.into(), limits, Encoding::Protobuf);
         assert_eq!(refused.unwrap_err().status, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
