@@ -3,8 +3,8 @@
 //! A request in flight costs far more than its body: the decoded protobuf,
 //! its rows and its business events live until its batch is stored, about
 //! ten times the encoded size. Each request therefore takes its encoded
-//! (decompressed) size from one budget before it is decoded, and gives it
-//! back when it is answered. A request that finds no room within a short
+//! size from one budget before it is decoded (as sent, then grown to its
+//! decompressed size), and gives it back when it is answered. A request that finds no room within a short
 //! wait is refused as busy (HTTP 429 / RESOURCE_EXHAUSTED, retryable), so
 //! under overload exporters back off and memory stays flat instead of
 //! growing with the number of connections.
@@ -37,7 +37,7 @@ pub struct Admission {
 
 /// A request's share of the budget, returned when dropped.
 pub struct Admitted {
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     bytes: usize,
 }
 
@@ -60,12 +60,28 @@ impl Admission {
     /// forever.
     pub async fn admit(&self, bytes: usize) -> Result<Admitted, SinkError> {
         let bytes = bytes.clamp(1, self.max_bytes);
+        let permit = self.take(bytes).await?;
+        Ok(Admitted { permit, bytes })
+    }
+
+    /// Grows `admitted` to `bytes` (a body after decompression), within the
+    /// same rule: never beyond the whole budget.
+    pub async fn grow(&self, admitted: &mut Admitted, bytes: usize) -> Result<(), SinkError> {
+        let more = bytes.min(self.max_bytes).saturating_sub(admitted.bytes);
+        if more > 0 {
+            admitted.permit.merge(self.take(more).await?);
+            admitted.bytes += more;
+        }
+        Ok(())
+    }
+
+    async fn take(&self, bytes: usize) -> Result<OwnedSemaphorePermit, SinkError> {
         let permit = tokio::time::timeout(WAIT, self.budget.clone().acquire_many_owned(bytes as u32))
             .await
             .map_err(|_| SinkError::Busy { retry_after: RETRY_AFTER })?
             .expect("the budget is never closed");
         INFLIGHT_BYTES.add(bytes as i64);
-        Ok(Admitted { _permit: permit, bytes })
+        Ok(permit)
     }
 }
 
@@ -89,5 +105,18 @@ mod tests {
         assert!(matches!(admission.admit(1).await, Err(SinkError::Busy { .. })));
         drop(whole);
         admission.admit(5000).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_decompressed_body_grows_its_share_up_to_the_whole_budget() {
+        let admission = Admission::new(1000);
+        let mut admitted = admission.admit(300).await.unwrap();
+        admission.grow(&mut admitted, 700).await.unwrap();
+        assert!(matches!(admission.admit(301).await, Err(SinkError::Busy { .. })));
+        // Past the budget it takes what is left, and is not refused.
+        admission.grow(&mut admitted, 50_000).await.unwrap();
+        assert_eq!(admitted.bytes, 1000);
+        drop(admitted);
+        admission.admit(1000).await.unwrap();
     }
 }

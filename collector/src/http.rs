@@ -276,12 +276,15 @@ async fn export<S: Sink, T: Signal>(
             _ => Refusal::new(StatusCode::BAD_REQUEST, encoding, format!("the body could not be read: {}", rejection.body_text())),
         })?;
         let content_encoding = headers.get(header::CONTENT_ENCODING).cloned();
-        let body = decompress(content_encoding, body, receiver.limits, encoding).await?;
-        // Held until the answer: the request's memory is bounded from here on.
-        let _admitted = receiver.admission.admit(body.len()).await.map_err(|err| {
+        // Held until the answer (`admitted`): the request's memory is bounded
+        // from here on. The body as sent first, then what decompression added.
+        let busy = |err: SinkError| {
             metrics::refused(T::NAME, "http", metrics::sink_reason(&err), 0);
             refusal_from_sink(err, encoding)
-        })?;
+        };
+        let mut admitted = receiver.admission.admit(body.len()).await.map_err(busy)?;
+        let body = decompress(content_encoding, body, receiver.limits, encoding).await?;
+        receiver.admission.grow(&mut admitted, body.len()).await.map_err(busy)?;
         let request: T = decode(body, encoding, T::NAME).await?;
         match signal::export(receiver.sink.as_ref(), request, source, &receiver.limits.attributes, "http").await {
             Ok(response) => Ok(success(response, encoding)),
