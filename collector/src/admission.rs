@@ -4,16 +4,15 @@
 //! its rows and its business events live until its batch is stored, about
 //! ten times the encoded size. Each request therefore takes its encoded
 //! size from one budget before it is decoded (as sent, then grown to its
-//! decompressed size), and gives it back when it is answered. A request that finds no room within a short
-//! wait is refused as busy (HTTP 429 / RESOURCE_EXHAUSTED, retryable), so
-//! under overload exporters back off and memory stays flat instead of
-//! growing with the number of connections.
+//! decompressed size), and gives it back when it is answered. A request
+//! that finds no room within a short wait is refused as busy (HTTP 429 /
+//! RESOURCE_EXHAUSTED, retryable), so under overload exporters back off and
+//! memory stays flat instead of growing with the number of connections.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus::{register_int_gauge, IntGauge};
-use std::sync::LazyLock;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::SinkError;

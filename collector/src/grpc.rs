@@ -18,10 +18,10 @@ use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use crate::signal::{self, Signal};
-use crate::validate::AttributeLimits;
 use crate::admission::Admission;
 use crate::auth::Sources;
+use crate::signal::{self, Signal};
+use crate::validate::AttributeLimits;
 use crate::metrics;
 use crate::sink::{Sink, SinkError};
 use crate::{ExportLogsServiceRequest, ExportTraceServiceRequest};
