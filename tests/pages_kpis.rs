@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::now_ns;
+use common::{now_ns, rows};
 
 use axum::http::StatusCode;
 use common::pages::{Page, Pages};
@@ -41,24 +41,9 @@ fn transaction(id: &str, root_kind: &str, state: &str, outcomes: &[&str], ago_ns
     }
 }
 
-/// A business event of `milestone` carrying `kind=value`, `ago_ns` before now.
+/// A business event of `milestone` in the ERP carrying `kind=value`, `ago_ns` before now.
 fn event(n: u32, milestone: &str, outcome: &str, kind: &str, value: &str, ago_ns: i64) -> BizEventRow {
-    let at = now_ns() - ago_ns;
-    BizEventRow {
-        trace_id: format!("{:032x}", 0x4b1_0000 + n),
-        record: "span".into(),
-        span_id: format!("{:016x}", 0x77_0000 + n),
-        record_index: 0,
-        time_ns: at,
-        source_time_ns: at,
-        milestone: milestone.into(),
-        system: "erp".into(),
-        outcome: outcome.into(),
-        key_kinds: vec![kind.into()],
-        key_values: vec![value.into()],
-        linked_trace_ids: vec![],
-        source: "erp".into(),
-    }
+    rows::biz_event(n.into(), now_ns() - ago_ns, milestone, "erp", outcome, (kind, value))
 }
 
 fn history(event: &str, ago_ns: i64) -> AlertHistoryRow {

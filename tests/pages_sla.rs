@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::now_ns;
+use common::{now_ns, rows};
 use common::pages::rules_file;
 
 use std::time::Duration;
@@ -46,22 +46,8 @@ async fn start(database: &str, yaml: &str) -> Pages {
 fn invoice_events(now: i64) -> Vec<BizEventRow> {
     (0..4)
         .map(|i| {
-            let at = now - (5 * 60 - i) * SECOND;
-            BizEventRow {
-                trace_id: format!("{:032x}", 0x5100 + i),
-                record: "span".into(),
-                span_id: format!("{:016x}", 0x7700 + i),
-                record_index: 0,
-                time_ns: at,
-                source_time_ns: at,
-                milestone: "invoice.posted".into(),
-                system: "billing".into(),
-                outcome: if i < 3 { "failed" } else { "ok" }.into(),
-                key_kinds: vec!["invoice".into()],
-                key_values: vec![format!("INV-{}", 400 + i)],
-                linked_trace_ids: vec![],
-                source: "billing".into(),
-            }
+            let outcome = if i < 3 { "failed" } else { "ok" };
+            rows::biz_event(i, now - (5 * 60 - i as i64) * SECOND, "invoice.posted", "billing", outcome, ("invoice", &format!("INV-{}", 400 + i)))
         })
         .collect()
 }

@@ -394,9 +394,8 @@ async fn spans(dashboards: &Dashboards, traces: &[String], ranges: &HashMap<Stri
         traces.len(),
     );
     let rows: Vec<SpanRecord> = dashboards.store().fetch_all(&sql).await?;
-    let mut out: HashMap<String, Vec<SpanLine>> = HashMap::new();
-    for r in rows {
-        out.entry(r.trace_id).or_default().push(SpanLine {
+    Ok(by_trace(rows, |r| {
+        let line = SpanLine {
             start: lineage_api::rfc3339(r.timestamp_ns),
             start_ns: r.timestamp_ns,
             span_id: r.span_id,
@@ -408,9 +407,9 @@ async fn spans(dashboards: &Dashboards, traces: &[String], ranges: &HashMap<Stri
             duration_ns: r.duration_ns,
             status_code: r.status_code,
             status_message: r.status_message,
-        });
-    }
-    Ok(out)
+        };
+        (r.trace_id, line)
+    }))
 }
 
 /// The log records of `traces`, read within each trace's time range
@@ -446,18 +445,27 @@ async fn logs(
         traces.len(),
     );
     let rows: Vec<LogRecord> = dashboards.store().fetch_all(&sql).await?;
-    let mut out: HashMap<String, Vec<LogLine>> = HashMap::new();
-    for r in rows {
-        out.entry(r.trace_id).or_default().push(LogLine {
+    Ok(by_trace(rows, |r| {
+        let line = LogLine {
             time: lineage_api::rfc3339(r.timestamp_ns),
             time_ns: r.timestamp_ns,
             span_id: r.span_id,
             severity: r.severity_text,
             service: r.service_name,
             body: r.body,
-        });
+        };
+        (r.trace_id, line)
+    }))
+}
+
+/// `rows` as lines grouped by trace id, in their order.
+fn by_trace<R, L>(rows: Vec<R>, line: impl Fn(R) -> (String, L)) -> HashMap<String, Vec<L>> {
+    let mut out: HashMap<String, Vec<L>> = HashMap::new();
+    for row in rows {
+        let (trace, line) = line(row);
+        out.entry(trace).or_default().push(line);
     }
-    Ok(out)
+    out
 }
 
 /// `SELECT {what} WHERE` any of the per-trace `conditions`, in `order`, at

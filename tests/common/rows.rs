@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use waybill_store::{LogRow, SpanRow};
+use waybill_store::{BizEventRow, LogRow, SpanRow};
 
 /// An hour ago, fixed for the process: recent enough that retention keeps
 /// the rows, stable so expected rows can be rebuilt.
@@ -77,5 +77,25 @@ pub fn log(i: u64) -> LogRow {
         scope_attributes: pairs(&[("team", "logistics".into())]),
         log_attributes: pairs(&[("biz.key.shipment", format!("SH-{}", 5000 + i)), ("biz.milestone", "shipment.dispatched".into())]),
         source: "warehouse".into(),
+    }
+}
+
+/// Business event number `n` (distinct trace and span ids): `milestone`
+/// with `outcome` in `system` at `at_ns`, carrying one key.
+pub fn biz_event(n: u64, at_ns: i64, milestone: &str, system: &str, outcome: &str, (kind, value): (&str, &str)) -> BizEventRow {
+    BizEventRow {
+        trace_id: format!("{:032x}", 0xb12_0000 + n),
+        record: "span".into(),
+        span_id: format!("{:016x}", 0x77_0000 + n),
+        record_index: 0,
+        time_ns: at_ns,
+        source_time_ns: at_ns,
+        milestone: milestone.into(),
+        system: system.into(),
+        outcome: outcome.into(),
+        key_kinds: vec![kind.into()],
+        key_values: vec![value.into()],
+        linked_trace_ids: vec![],
+        source: system.into(),
     }
 }
