@@ -8,6 +8,7 @@ pub mod config;
 pub mod extract;
 pub mod graph;
 pub mod journey;
+mod known;
 pub mod rebuild;
 pub mod resolve;
 

@@ -7,6 +7,11 @@
 //! and recomputes those transactions from their whole downstream closure.
 //! Everything it writes is derived and idempotent, so reprocessing a trace
 //! is harmless and `lineage rebuild` can recompute it all.
+//!
+//! Between steps it remembers the key graph it has read and written
+//! ([`crate::known`]), so a step asks the store only about keys it has not
+//! met. It must therefore be the only writer of the key graph's tables:
+//! one resolver per store, and none running during a `lineage rebuild`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -18,6 +23,7 @@ use waybill_store::{BizEventRow, EdgeRow, KeyTraceRow, ProgressRow, Store, Store
 use crate::config::{LineageConfig, Step};
 use crate::graph::{self, Key};
 use crate::journey::{self, Milestone};
+use crate::known::{KeyFilter, KnownGraph, KEY_HASH_SQL};
 
 /// Bytes of one rendered `IN (...)` list, under ClickHouse's default
 /// 256 KiB query size limit.
@@ -32,6 +38,10 @@ const CATCH_UP_MARGIN: Duration = Duration::from_secs(300);
 const PROGRESS_NAME: &str = "resolver";
 /// Catching up reads this much ingest time at a time.
 const CATCH_UP_PAGE: Duration = Duration::from_secs(600);
+/// Every key of the key graph's tables, for the resolver's key filter.
+const GRAPH_KEYS: &str = "(SELECT Kind, Value FROM biz_key_traces UNION ALL SELECT Kind, Value FROM biz_edges)";
+/// Key hashes read per query while filling the key filter.
+const FILTER_PAGE_KEYS: usize = 1_000_000;
 
 /// Where the pipeline tells the resolver which traces got new business events.
 pub type Notifier = mpsc::UnboundedSender<Vec<String>>;
@@ -49,6 +59,7 @@ pub struct Resolver {
     config: LineageConfig,
     journeys: HashMap<String, Vec<Step>>,
     last_version: u64,
+    known: KnownGraph,
 }
 
 /// The events of some traces, read once per step.
@@ -73,7 +84,7 @@ impl Resolver {
     pub fn new(store: Store, config: LineageConfig) -> Result<Self, String> {
         config.validate()?;
         let journeys = config.kinds.iter().map(|kind| Ok((kind.clone(), config.journey(kind)?))).collect::<Result<_, String>>()?;
-        Ok(Resolver { store, config, journeys, last_version: 0 })
+        Ok(Resolver { store, config, journeys, last_version: 0, known: KnownGraph::default() })
     }
 
     /// Runs until `shutdown`: resolves the traces the pipeline names, and
@@ -198,6 +209,19 @@ impl Resolver {
 
     /// Links the keys of `traces` and recomputes every transaction they touch.
     pub async fn resolve_traces(&mut self, traces: &BTreeSet<String>, now_ns: i64) -> Result<Resolved, StoreError> {
+        let resolved = self.resolve_step(traces, now_ns).await;
+        if resolved.is_err() {
+            // Part of the step may be stored and not remembered: start afresh.
+            self.known.forget();
+        }
+        resolved
+    }
+
+    async fn resolve_step(&mut self, traces: &BTreeSet<String>, now_ns: i64) -> Result<Resolved, StoreError> {
+        if self.known.needs_filter() {
+            let filter = self.read_key_filter().await?;
+            self.known.set_filter(filter);
+        }
         let mut loaded = Traces::default();
         self.load(&mut loaded, traces.iter().cloned().collect()).await?;
         // Traces these link to, and traces whose records link to these.
@@ -233,7 +257,9 @@ impl Resolver {
         let edges: Vec<EdgeRow> = edges.into_iter().collect();
         let key_traces: Vec<KeyTraceRow> = key_traces.into_iter().collect();
         self.store.insert("biz_edges", &edges).await?;
+        self.known.wrote_edges(&edges);
         self.store.insert("biz_key_traces", &key_traces).await?;
+        self.known.wrote_key_traces(&key_traces);
 
         let roots = self.roots_upstream_of(touched).await?;
         let transactions = self.recompute(&roots, &mut loaded, now_ns).await?;
@@ -267,9 +293,9 @@ impl Resolver {
     }
 
     /// The root-kind keys upstream of `keys` (and those among them).
-    async fn roots_upstream_of(&self, keys: BTreeSet<Key>) -> Result<BTreeSet<Key>, StoreError> {
-        let root_kind = &self.config.root_kind;
-        let root_rank = self.config.rank(root_kind);
+    async fn roots_upstream_of(&mut self, keys: BTreeSet<Key>) -> Result<BTreeSet<Key>, StoreError> {
+        let root_kind = self.config.root_kind.clone();
+        let root_rank = self.config.rank(&root_kind);
         let mut roots = BTreeSet::new();
         // Keys of kinds not in the order (sku, partner) lead nowhere.
         let mut frontier: BTreeSet<Key> = keys.into_iter().filter(|k| self.config.rank(&k.0) < self.config.kinds.len()).collect();
@@ -277,13 +303,12 @@ impl Resolver {
         while !frontier.is_empty() {
             let mut next = BTreeSet::new();
             for key in &frontier {
-                if &key.0 == root_kind {
+                if key.0 == root_kind {
                     roots.insert(key.clone());
                 }
             }
             let climbing: Vec<Key> = frontier.into_iter().filter(|k| self.config.rank(&k.0) > root_rank).collect();
-            for edge in self.edges(&climbing, false).await? {
-                let key = (edge.other_kind, edge.other_value);
+            for (_, key) in self.neighbours(&climbing, false).await? {
                 if self.config.rank(&key.0) >= root_rank && seen.insert(key.clone()) {
                     next.insert(key);
                 }
@@ -293,12 +318,69 @@ impl Resolver {
         Ok(roots)
     }
 
-    /// Edges from `keys` in one direction.
-    async fn edges(&self, keys: &[Key], down: bool) -> Result<Vec<EdgeRow>, StoreError> {
-        self.fetch_in(key_items(keys), |list| {
-            format!("SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({list}) AND Down = {down}")
-        })
-        .await
+    /// Edges from `keys` in one direction, as (key, other key); the store
+    /// is asked only about keys not known already.
+    async fn neighbours(&mut self, keys: &[Key], down: bool) -> Result<Vec<(Key, Key)>, StoreError> {
+        let mut found = Vec::new();
+        let mut unknown = Vec::new();
+        for key in keys {
+            match self.known.edges(key, down) {
+                Some(others) => found.extend(others.into_iter().map(|other| (key.clone(), other))),
+                None => unknown.push(key.clone()),
+            }
+        }
+        if !unknown.is_empty() {
+            let rows: Vec<EdgeRow> = self
+                .fetch_in(key_items(&unknown), |list| {
+                    format!("SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({list}) AND Down = {down}")
+                })
+                .await?;
+            self.known.learned_edges(&unknown, &rows, down);
+            found.extend(rows.into_iter().map(|edge| ((edge.kind, edge.value), (edge.other_kind, edge.other_value))));
+        }
+        Ok(found)
+    }
+
+    /// The traces of each of `keys`; the store is asked only about keys
+    /// not known already.
+    async fn traces_of(&mut self, keys: &[Key]) -> Result<BTreeMap<Key, BTreeSet<String>>, StoreError> {
+        let mut traces_of: BTreeMap<Key, BTreeSet<String>> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for key in keys {
+            match self.known.traces(key) {
+                Some(traces) if traces.is_empty() => {}
+                Some(traces) => {
+                    traces_of.insert(key.clone(), traces.into_iter().collect());
+                }
+                None => unknown.push(key.clone()),
+            }
+        }
+        if !unknown.is_empty() {
+            let rows: Vec<KeyTraceRow> = self
+                .fetch_in(key_items(&unknown), |list| format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({list})"))
+                .await?;
+            self.known.learned_traces(&unknown, &rows);
+            for row in rows {
+                traces_of.entry((row.kind, row.value)).or_default().insert(row.trace_id);
+            }
+        }
+        Ok(traces_of)
+    }
+
+    /// A filter of every key in the key graph's tables, read a page of
+    /// hashes at a time.
+    async fn read_key_filter(&self) -> Result<KeyFilter, StoreError> {
+        let stored: Vec<u64> = self.store.fetch_all(&format!("SELECT uniq(Kind, Value) FROM {GRAPH_KEYS}")).await?;
+        let stored = stored.first().copied().unwrap_or(0) as usize;
+        let mut filter = KeyFilter::for_keys(stored);
+        let pages = stored.div_ceil(FILTER_PAGE_KEYS).max(1);
+        for page in 0..pages {
+            let hashes: Vec<u64> =
+                self.store.fetch_all(&format!("SELECT DISTINCT {KEY_HASH_SQL} AS hash FROM {GRAPH_KEYS} WHERE hash % {pages} = {page}")).await?;
+            hashes.into_iter().for_each(|hash| filter.insert(hash));
+        }
+        tracing::debug!(keys = stored, pages, "lineage key filter read");
+        Ok(filter)
     }
 
     /// The rows of `sql(list)` for `items` (SQL literals) joined into as
@@ -336,8 +418,7 @@ impl Resolver {
         let mut frontier: Vec<Key> = roots.iter().cloned().collect();
         while !frontier.is_empty() {
             let mut next = Vec::new();
-            for edge in self.edges(&frontier, true).await? {
-                let (from, to) = ((edge.kind, edge.value), (edge.other_kind, edge.other_value));
+            for (from, to) in self.neighbours(&frontier, true).await? {
                 down.entry(from).or_default().insert(to.clone());
                 if seen.insert(to.clone()) {
                     next.push(to);
@@ -347,13 +428,7 @@ impl Resolver {
         }
         // The traces of every key in any closure.
         let all_keys: Vec<Key> = seen.into_iter().collect();
-        let mut traces_of: BTreeMap<Key, BTreeSet<String>> = BTreeMap::new();
-        let rows: Vec<KeyTraceRow> = self
-            .fetch_in(key_items(&all_keys), |list| format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({list})"))
-            .await?;
-        for row in rows {
-            traces_of.entry((row.kind, row.value)).or_default().insert(row.trace_id);
-        }
+        let traces_of = self.traces_of(&all_keys).await?;
         let needed: Vec<String> = traces_of.values().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
         self.load(loaded, needed).await?;
 

@@ -1,0 +1,352 @@
+//! What the resolver remembers of the key graph between steps, so that a
+//! step asks the store only about keys it has not met.
+//!
+//! The resolver is the only writer of `biz_edges` and `biz_key_traces`.
+//! Every list remembered for a key is complete: either read whole from the
+//! store, or started empty for a key the store has never held, and from
+//! then on added to with every row the resolver writes. Whether the store
+//! has ever held a key is answered by a Bloom filter over every key of the
+//! two tables, read at the first step and grown with every write: its "no"
+//! is certain, its "maybe" (about one new key in a hundred) costs a query.
+//!
+//! Memory is bounded: keys live in two generations of at most
+//! [`KEYS_PER_GENERATION`] each; a key read again moves to the newer one,
+//! and the older generation is dropped whole when the newer one fills.
+//! Forgetting only ever costs queries, so after a failed step the resolver
+//! forgets everything rather than reason about a half-written step.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+
+use twox_hash::XxHash64;
+use waybill_store::{EdgeRow, KeyTraceRow};
+
+use crate::graph::Key;
+
+/// Keys remembered per generation; two generations are kept.
+pub(crate) const KEYS_PER_GENERATION: usize = 200_000;
+/// The filter is sized for twice the keys stored when it is read, and
+/// never for fewer than this.
+const MIN_FILTER_KEYS: usize = 1_000_000;
+/// Bits per key and hash functions for a 1 % false-positive rate.
+const BITS_PER_KEY: usize = 10;
+const HASHES: u64 = 7;
+
+/// The store's answer for one key, remembered: `None` where not known.
+#[derive(Default)]
+struct Facts {
+    up: Option<Vec<Key>>,
+    down: Option<Vec<Key>>,
+    traces: Option<Vec<String>>,
+}
+
+impl Facts {
+    fn edges(&mut self, down: bool) -> &mut Option<Vec<Key>> {
+        if down {
+            &mut self.down
+        } else {
+            &mut self.up
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct KnownGraph {
+    filter: Option<KeyFilter>,
+    newer: HashMap<Key, Facts>,
+    older: HashMap<Key, Facts>,
+}
+
+impl KnownGraph {
+    /// True until a filter is in place (at the first step, after a failed
+    /// one, or once the filter holds more keys than it was sized for).
+    pub fn needs_filter(&self) -> bool {
+        self.filter.as_ref().is_none_or(KeyFilter::is_full)
+    }
+
+    pub fn set_filter(&mut self, filter: KeyFilter) {
+        self.filter = Some(filter);
+    }
+
+    /// Forgets everything, the filter included.
+    pub fn forget(&mut self) {
+        *self = KnownGraph::default();
+    }
+
+    /// The complete edges of `key` in one direction, if known without asking the store.
+    pub fn edges(&mut self, key: &Key, down: bool) -> Option<Vec<Key>> {
+        if self.never_stored(key) {
+            return Some(Vec::new());
+        }
+        self.facts(key).and_then(|facts| facts.edges(down).clone())
+    }
+
+    /// The complete traces of `key`, if known without asking the store.
+    pub fn traces(&mut self, key: &Key) -> Option<Vec<String>> {
+        if self.never_stored(key) {
+            return Some(Vec::new());
+        }
+        self.facts(key).and_then(|facts| facts.traces.clone())
+    }
+
+    /// Remembers what the store answered for `asked`: all their edges in
+    /// one direction are among `rows`.
+    pub fn learned_edges(&mut self, asked: &[Key], rows: &[EdgeRow], down: bool) {
+        let mut found: HashMap<&Key, Vec<Key>> = asked.iter().map(|key| (key, Vec::new())).collect();
+        for row in rows.iter().filter(|row| row.down == down) {
+            if let Some(list) = found.get_mut(&(row.kind.clone(), row.value.clone())) {
+                push_new(list, (row.other_kind.clone(), row.other_value.clone()));
+            }
+        }
+        for (key, list) in found {
+            *self.facts_or_new(key).edges(down) = Some(list);
+        }
+    }
+
+    /// Remembers what the store answered for `asked`: all their traces are among `rows`.
+    pub fn learned_traces(&mut self, asked: &[Key], rows: &[KeyTraceRow]) {
+        let mut found: HashMap<&Key, Vec<String>> = asked.iter().map(|key| (key, Vec::new())).collect();
+        for row in rows {
+            if let Some(list) = found.get_mut(&(row.kind.clone(), row.value.clone())) {
+                push_new(list, row.trace_id.clone());
+            }
+        }
+        for (key, list) in found {
+            self.facts_or_new(key).traces = Some(list);
+        }
+    }
+
+    /// Adds edges the resolver has just stored.
+    pub fn wrote_edges(&mut self, rows: &[EdgeRow]) {
+        for row in rows {
+            let key = (row.kind.clone(), row.value.clone());
+            let other = (row.other_kind.clone(), row.other_value.clone());
+            if let Some(facts) = self.facts_to_extend(&key) {
+                if let Some(list) = facts.edges(row.down) {
+                    push_new(list, other);
+                }
+            }
+        }
+        self.add_to_filter(rows.iter().map(|row| (&row.kind, &row.value)));
+    }
+
+    /// Adds key → trace rows the resolver has just stored.
+    pub fn wrote_key_traces(&mut self, rows: &[KeyTraceRow]) {
+        for row in rows {
+            let key = (row.kind.clone(), row.value.clone());
+            if let Some(facts) = self.facts_to_extend(&key) {
+                if let Some(list) = &mut facts.traces {
+                    push_new(list, row.trace_id.clone());
+                }
+            }
+        }
+        self.add_to_filter(rows.iter().map(|row| (&row.kind, &row.value)));
+    }
+
+    /// The facts of `key` that a write must extend: remembered ones, or
+    /// empty complete ones for a key the store never held until now.
+    fn facts_to_extend(&mut self, key: &Key) -> Option<&mut Facts> {
+        if self.never_stored(key) {
+            let facts = self.facts_or_new(key);
+            for list in [&mut facts.up, &mut facts.down] {
+                list.get_or_insert_with(Vec::new);
+            }
+            facts.traces.get_or_insert_with(Vec::new);
+            return Some(facts);
+        }
+        self.facts(key)
+    }
+
+    fn add_to_filter<'a>(&mut self, keys: impl Iterator<Item = (&'a String, &'a String)>) {
+        if let Some(filter) = &mut self.filter {
+            for (kind, value) in keys {
+                filter.insert(key_hash(kind, value));
+            }
+        }
+    }
+
+    fn never_stored(&self, key: &Key) -> bool {
+        self.filter.as_ref().is_some_and(|filter| !filter.may_contain(key_hash(&key.0, &key.1)))
+    }
+
+    /// The remembered facts of `key`, moved to the newer generation.
+    fn facts(&mut self, key: &Key) -> Option<&mut Facts> {
+        if !self.newer.contains_key(key) {
+            let facts = self.older.remove(key)?;
+            self.make_room();
+            self.newer.insert(key.clone(), facts);
+        }
+        self.newer.get_mut(key)
+    }
+
+    fn facts_or_new(&mut self, key: &Key) -> &mut Facts {
+        if self.facts(key).is_none() {
+            self.make_room();
+            self.newer.insert(key.clone(), Facts::default());
+        }
+        self.newer.get_mut(key).expect("just inserted")
+    }
+
+    fn make_room(&mut self) {
+        if self.newer.len() >= KEYS_PER_GENERATION {
+            self.older = std::mem::take(&mut self.newer);
+        }
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.newer.len() + self.older.len()
+    }
+}
+
+fn push_new<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+/// A key's hash, the same as the engine's
+/// `xxHash64(concat(Kind, '\0', Value))` ([`KEY_HASH_SQL`]).
+pub fn key_hash(kind: &str, value: &str) -> u64 {
+    let mut hasher = XxHash64::with_seed(0);
+    hasher.write(kind.as_bytes());
+    hasher.write(&[0]);
+    hasher.write(value.as_bytes());
+    hasher.finish()
+}
+
+/// [`key_hash`] in SQL, over a table's `Kind` and `Value` columns.
+pub const KEY_HASH_SQL: &str = "xxHash64(concat(Kind, '\\0', Value))";
+
+/// A Bloom filter over key hashes: no false negatives.
+pub(crate) struct KeyFilter {
+    bits: Vec<u64>,
+    capacity: usize,
+    inserted: usize,
+}
+
+impl KeyFilter {
+    /// A filter for `stored` keys and as many again.
+    pub fn for_keys(stored: usize) -> Self {
+        let capacity = (stored * 2).max(MIN_FILTER_KEYS);
+        KeyFilter { bits: vec![0; (capacity * BITS_PER_KEY).div_ceil(64)], capacity, inserted: 0 }
+    }
+
+    pub fn insert(&mut self, hash: u64) {
+        for bit in self.positions(hash) {
+            self.bits[bit / 64] |= 1 << (bit % 64);
+        }
+        self.inserted += 1;
+    }
+
+    pub fn may_contain(&self, hash: u64) -> bool {
+        self.positions(hash).all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    /// More insertions than it was sized for: its "maybe" grows common.
+    pub fn is_full(&self) -> bool {
+        self.inserted > self.capacity
+    }
+
+    /// Double hashing: `HASHES` positions from the two halves of one hash.
+    fn positions(&self, hash: u64) -> impl Iterator<Item = usize> {
+        let len = (self.bits.len() * 64) as u64;
+        let (first, second) = (hash & 0xffff_ffff, (hash >> 32) | 1);
+        (0..HASHES).map(move |i| (first.wrapping_add(i.wrapping_mul(second)) % len) as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kind: &str, value: &str) -> Key {
+        (kind.to_string(), value.to_string())
+    }
+
+    fn edge(from: &Key, down: bool, to: &Key) -> EdgeRow {
+        EdgeRow { kind: from.0.clone(), value: from.1.clone(), down, other_kind: to.0.clone(), other_value: to.1.clone() }
+    }
+
+    fn with_empty_filter() -> KnownGraph {
+        let mut known = KnownGraph::default();
+        known.set_filter(KeyFilter::for_keys(0));
+        known
+    }
+
+    #[test]
+    fn the_filter_never_forgets_a_key_and_rarely_claims_one() {
+        let mut filter = KeyFilter::for_keys(0);
+        for i in 0..100_000 {
+            filter.insert(key_hash("order", &format!("PO-{i}")));
+        }
+        assert!((0..100_000).all(|i| filter.may_contain(key_hash("order", &format!("PO-{i}")))));
+        let claimed = (0..100_000).filter(|i| filter.may_contain(key_hash("order", &format!("PO-x{i}")))).count();
+        // Sized for a million keys and holding a tenth of that, it claims far under 1 %.
+        assert!(claimed < 100, "{claimed} false positives in 100,000");
+        assert!(!filter.is_full());
+    }
+
+    #[test]
+    fn without_a_filter_only_what_was_read_is_known() {
+        let mut known = KnownGraph::default();
+        let (po, so) = (key("order", "PO-1"), key("sales_order", "SO-1"));
+        assert_eq!(known.edges(&so, false), None);
+        known.learned_edges(std::slice::from_ref(&so), &[edge(&so, false, &po)], false);
+        assert_eq!(known.edges(&so, false), Some(vec![po.clone()]));
+        assert_eq!(known.edges(&so, true), None, "the other direction was not read");
+        // A write extends what was read, and tells nothing of unread keys.
+        let sh = key("shipment", "SH-1");
+        known.wrote_edges(&[edge(&so, false, &key("order", "PO-2")), edge(&sh, false, &so)]);
+        assert_eq!(known.edges(&so, false), Some(vec![po, key("order", "PO-2")]));
+        assert_eq!(known.edges(&sh, false), None);
+    }
+
+    #[test]
+    fn a_key_the_store_never_held_is_known_from_the_writes_alone() {
+        let mut known = with_empty_filter();
+        let (po, so) = (key("order", "PO-1"), key("sales_order", "SO-1"));
+        assert_eq!(known.edges(&po, true), Some(vec![]));
+        assert_eq!(known.traces(&po), Some(vec![]));
+        known.wrote_edges(&[edge(&po, true, &so), edge(&so, false, &po)]);
+        known.wrote_key_traces(&[KeyTraceRow { kind: po.0.clone(), value: po.1.clone(), trace_id: "t1".into() }]);
+        assert_eq!(known.edges(&po, true), Some(vec![so.clone()]));
+        assert_eq!(known.edges(&po, false), Some(vec![]));
+        assert_eq!(known.edges(&so, false), Some(vec![po.clone()]));
+        assert_eq!(known.traces(&po), Some(vec!["t1".to_string()]));
+        assert_eq!(known.traces(&so), Some(vec![]), "its edge was written before its traces");
+    }
+
+    #[test]
+    fn a_key_in_the_store_but_not_remembered_must_be_read() {
+        let mut known = KnownGraph::default();
+        let mut filter = KeyFilter::for_keys(0);
+        let po = key("order", "PO-1");
+        filter.insert(key_hash(&po.0, &po.1));
+        known.set_filter(filter);
+        assert_eq!(known.edges(&po, true), None);
+        // A write to it now does not make a partial list look complete.
+        known.wrote_edges(&[edge(&po, true, &key("sales_order", "SO-1"))]);
+        assert_eq!(known.edges(&po, true), None);
+    }
+
+    #[test]
+    fn memory_stays_within_two_generations_and_what_is_used_stays() {
+        let mut known = KnownGraph::default();
+        let hot = key("order", "PO-hot");
+        known.learned_traces(std::slice::from_ref(&hot), &[]);
+        for i in 0..KEYS_PER_GENERATION * 3 {
+            let cold = key("order", &format!("PO-{i}"));
+            known.learned_traces(std::slice::from_ref(&cold), &[]);
+            if i % 1000 == 0 {
+                assert_eq!(known.traces(&hot), Some(vec![]));
+            }
+        }
+        assert!(known.remembered() <= 2 * KEYS_PER_GENERATION);
+        assert_eq!(known.traces(&hot), Some(vec![]));
+        assert_eq!(known.traces(&key("order", "PO-0")), None, "the oldest are forgotten");
+        known.forget();
+        assert_eq!(known.remembered(), 0);
+        assert!(known.needs_filter());
+    }
+}

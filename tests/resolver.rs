@@ -1,0 +1,115 @@
+//! The resolver's memory of the key graph, against the real engine: what it
+//! remembers between steps must never hide a key the store already holds.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use waybill_lineage::{api, LineageConfig, Resolver};
+use waybill_store::{BizEventRow, Store};
+
+/// A business record of `trace` carrying `keys`.
+fn record(trace: &str, span: u64, milestone: &str, system: &str, keys: &[(&str, &str)]) -> BizEventRow {
+    let at_ns = common::now_ns() - 60_000_000_000 + span as i64 * 1_000_000;
+    BizEventRow {
+        trace_id: trace.into(),
+        record: "span".into(),
+        span_id: format!("{span:016x}"),
+        time_ns: at_ns,
+        source_time_ns: at_ns,
+        milestone: milestone.into(),
+        system: system.into(),
+        outcome: "ok".into(),
+        key_kinds: keys.iter().map(|k| k.0.to_string()).collect(),
+        key_values: keys.iter().map(|k| k.1.to_string()).collect(),
+        source: system.into(),
+        ..BizEventRow::default()
+    }
+}
+
+async fn resolve(resolver: &mut Resolver, store: &Store, records: &[BizEventRow]) {
+    store.insert("biz_events", records).await.unwrap();
+    let traces: BTreeSet<String> = records.iter().map(|r| r.trace_id.clone()).collect();
+    resolver.resolve_traces(&traces, common::now_ns()).await.unwrap();
+}
+
+async fn keys_of(store: &Store, value: &str) -> Vec<String> {
+    let found = api::by_key(store, value, None, None, 10).await.unwrap();
+    assert_eq!(found.len(), 1, "{value} is in one transaction");
+    found[0].keys.iter().map(|k| k.value.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_resolver_joins_new_traces_to_keys_stored_before_it_started() {
+    let store = common::store("resolver_restart").await;
+    let mut before = Resolver::new(store.clone(), LineageConfig::default()).unwrap();
+    resolve(&mut before, &store, &[record("a1", 1, "order.captured", "portal", &[("order", "PO-1")])]).await;
+    resolve(&mut before, &store, &[record("a2", 2, "order.accepted", "erp", &[("order", "PO-1"), ("sales_order", "SO-ü\"1")])]).await;
+    drop(before);
+
+    // A new resolver meets SO-ü"1 for the first time in its own memory: it
+    // must learn from the store that the key has an order upstream.
+    let mut after = Resolver::new(store.clone(), LineageConfig::default()).unwrap();
+    resolve(
+        &mut after,
+        &store,
+        &[record("a3", 3, "shipment.dispatched", "warehouse", &[("sales_order", "SO-ü\"1"), ("shipment", "SH-1")])],
+    )
+    .await;
+    assert_eq!(keys_of(&store, "SH-1").await, ["PO-1", "SO-ü\"1", "SH-1"]);
+
+    // And from its memory on the next step, in both directions.
+    resolve(&mut after, &store, &[record("a4", 4, "invoice.posted", "billing", &[("shipment", "SH-1"), ("invoice", "INV-1")])]).await;
+    assert_eq!(keys_of(&store, "INV-1").await, ["PO-1", "SO-ü\"1", "SH-1", "INV-1"]);
+    let transaction = &api::by_key(&store, "PO-1", None, None, 10).await.unwrap()[0];
+    let milestones: Vec<&str> = transaction.milestones.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(milestones, ["order.captured", "order.accepted", "shipment.dispatched", "invoice.posted"]);
+    common::drop_database(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_remembers_across_many_steps_what_a_fresh_one_reads_from_the_store() {
+    // Orders arrive staggered over steps, each stage in its own trace, as in
+    // the service. One resolver keeps its memory throughout; the same
+    // records resolved by a fresh resolver per step (which must read every
+    // key from the store) must leave the same transactions.
+    let stages = |order: u64| -> Vec<BizEventRow> {
+        let (po, so, sh, inv) = (format!("PO-{order}"), format!("SO-{order}"), format!("SH-{order}"), format!("INV-{order}"));
+        let trace = |stage: u64| format!("{order:08x}{stage:024x}");
+        vec![
+            record(&trace(0), order * 10, "order.captured", "portal", &[("order", &po)]),
+            record(&trace(1), order * 10 + 1, "order.accepted", "erp", &[("order", &po), ("sales_order", &so)]),
+            record(&trace(2), order * 10 + 2, "shipment.dispatched", "warehouse", &[("sales_order", &so), ("shipment", &sh)]),
+            record(&trace(3), order * 10 + 3, "invoice.posted", "billing", &[("order", &po), ("invoice", &inv)]),
+        ]
+    };
+    let orders = 40u64;
+    let steps = |orders: u64| -> Vec<Vec<BizEventRow>> {
+        // Step s holds stage 0 of block s, stage 1 of block s-1, and so on.
+        (0..orders / 10 + 3)
+            .map(|s| {
+                (0..4u64)
+                    .filter(|stage| s >= *stage && s - stage < orders / 10)
+                    .flat_map(|stage| (0..10).map(move |i| ((s - stage) * 10 + i, stage)))
+                    .map(|(order, stage)| stages(order)[stage as usize].clone())
+                    .collect()
+            })
+            .collect()
+    };
+    let remembering = common::store("resolver_remembering").await;
+    let mut resolver = Resolver::new(remembering.clone(), LineageConfig::default()).unwrap();
+    for step in steps(orders) {
+        resolve(&mut resolver, &remembering, &step).await;
+    }
+    let fresh = common::store("resolver_fresh").await;
+    for step in steps(orders) {
+        resolve(&mut Resolver::new(fresh.clone(), LineageConfig::default()).unwrap(), &fresh, &step).await;
+    }
+    for order in 0..orders {
+        let (remembered, read) = (keys_of(&remembering, &format!("INV-{order}")).await, keys_of(&fresh, &format!("INV-{order}")).await);
+        assert_eq!(remembered, read);
+        assert_eq!(remembered, [format!("PO-{order}"), format!("SO-{order}"), format!("SH-{order}"), format!("INV-{order}")]);
+    }
+    common::drop_database(&remembering).await;
+    common::drop_database(&fresh).await;
+}
