@@ -13,7 +13,7 @@
 //! met. It must therefore be the only writer of the key graph's tables:
 //! one resolver per store, and none running during a `lineage rebuild`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -448,23 +448,22 @@ impl Resolver {
 
     /// One transaction from the events of its traces that belong to its keys.
     fn assemble(&mut self, root: &Key, closure: &BTreeSet<Key>, traces: &BTreeSet<&String>, loaded: &Traces, now_ns: i64) -> TransactionRow {
+        let in_closure: HashSet<(&str, &str)> = closure.iter().map(|(kind, value)| (kind.as_str(), value.as_str())).collect();
+        let no_keys = BTreeSet::new();
         let mut included: Vec<&BizEventRow> = Vec::new();
         for trace in traces {
-            let shared = loaded.shared(trace);
+            let shared = loaded.shared.get(*trace).unwrap_or(&no_keys);
             for event in loaded.events.get(*trace).into_iter().flatten() {
                 // A record belongs by its own keys, a record without any by
                 // its trace's, and without those by the traces it links to.
-                let own: BTreeSet<Key> = graph::own_keys(event).collect();
-                let linked: BTreeSet<Key>;
-                let keys = if !own.is_empty() {
-                    &own
+                let belongs = if !event.key_kinds.is_empty() {
+                    any_in(&in_closure, event.key_kinds.iter().zip(&event.key_values))
                 } else if !shared.is_empty() {
-                    &shared
+                    any_in(&in_closure, shared.iter().map(|(k, v)| (k, v)))
                 } else {
-                    linked = event.linked_trace_ids.iter().flat_map(|t| loaded.shared(t)).collect();
-                    &linked
+                    event.linked_trace_ids.iter().filter_map(|t| loaded.shared.get(t)).any(|keys| any_in(&in_closure, keys.iter().map(|(k, v)| (k, v))))
                 };
-                if keys.iter().any(|k| closure.contains(k)) {
+                if belongs {
                     included.push(event);
                 }
             }
@@ -569,6 +568,11 @@ fn set_evaluation(row: &mut TransactionRow, evaluation: &journey::Evaluation) {
     row.overdue_milestones = evaluation.overdue.iter().map(|o| o.0.clone()).collect();
     row.overdue_due_ns = evaluation.overdue.iter().map(|o| o.1).collect();
     row.next_due_ns = evaluation.next_due_ns;
+}
+
+/// Whether any of `keys` is in `set`.
+fn any_in<'a>(set: &HashSet<(&str, &str)>, mut keys: impl Iterator<Item = (&'a String, &'a String)>) -> bool {
+    keys.any(|(kind, value)| set.contains(&(kind.as_str(), value.as_str())))
 }
 
 /// What makes two stored rows the same record (the table's sorting key).
