@@ -96,19 +96,43 @@ async fn a_resolver_remembers_across_many_steps_what_a_fresh_one_reads_from_the_
             })
             .collect()
     };
+    // Late records for earlier traces: an ERP correction in each order's
+    // ERP trace, long after that trace was first resolved and remembered.
+    let steps = |orders: u64| -> Vec<Vec<BizEventRow>> {
+        let mut all = steps(orders);
+        let corrections = (0..orders).map(|order| {
+            let erp = &stages(order)[1];
+            let mut late = record(&erp.trace_id, order * 10 + 9, "order.corrected", "erp", &[("order", &format!("PO-{order}"))]);
+            late.source_time_ns += 10_000_000_000;
+            late
+        });
+        all.push(corrections.collect());
+        all
+    };
+    let steps = steps(orders);
     let remembering = common::store("resolver_remembering").await;
     let mut resolver = Resolver::new(remembering.clone(), LineageConfig::default()).unwrap();
-    for step in steps(orders) {
-        resolve(&mut resolver, &remembering, &step).await;
+    for step in &steps {
+        resolve(&mut resolver, &remembering, step).await;
     }
     let fresh = common::store("resolver_fresh").await;
-    for step in steps(orders) {
-        resolve(&mut Resolver::new(fresh.clone(), LineageConfig::default()).unwrap(), &fresh, &step).await;
+    for step in &steps {
+        resolve(&mut Resolver::new(fresh.clone(), LineageConfig::default()).unwrap(), &fresh, step).await;
     }
     for order in 0..orders {
-        let (remembered, read) = (keys_of(&remembering, &format!("INV-{order}")).await, keys_of(&fresh, &format!("INV-{order}")).await);
-        assert_eq!(remembered, read);
-        assert_eq!(remembered, [format!("PO-{order}"), format!("SO-{order}"), format!("SH-{order}"), format!("INV-{order}")]);
+        let invoice = format!("INV-{order}");
+        let (remembered, read) = (
+            &api::by_key(&remembering, &invoice, None, None, 10).await.unwrap(),
+            &api::by_key(&fresh, &invoice, None, None, 10).await.unwrap(),
+        );
+        assert_eq!(remembered.len(), 1);
+        assert_eq!(
+            (&remembered[0].keys, &remembered[0].milestones, &remembered[0].state),
+            (&read[0].keys, &read[0].milestones, &read[0].state)
+        );
+        assert_eq!(keys_of(&remembering, &invoice).await, [format!("PO-{order}"), format!("SO-{order}"), format!("SH-{order}"), invoice]);
+        let milestones: Vec<&str> = remembered[0].milestones.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(milestones, ["order.captured", "order.accepted", "shipment.dispatched", "invoice.posted", "order.corrected"]);
     }
     common::drop_database(&remembering).await;
     common::drop_database(&fresh).await;

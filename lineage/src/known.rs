@@ -16,7 +16,7 @@
 //! forgets everything rather than reason about a half-written step.
 
 use std::collections::HashMap;
-use std::hash::Hasher;
+use std::hash::{Hash, Hasher};
 
 use twox_hash::XxHash64;
 use waybill_store::{EdgeRow, KeyTraceRow};
@@ -50,11 +50,15 @@ impl Facts {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct KnownGraph {
     filter: Option<KeyFilter>,
-    newer: HashMap<Key, Facts>,
-    older: HashMap<Key, Facts>,
+    facts: Generations<Key, Facts>,
+}
+
+impl Default for KnownGraph {
+    fn default() -> Self {
+        KnownGraph { filter: None, facts: Generations::new(KEYS_PER_GENERATION) }
+    }
 }
 
 impl KnownGraph {
@@ -70,7 +74,8 @@ impl KnownGraph {
 
     /// Forgets everything, the filter included.
     pub fn forget(&mut self) {
-        *self = KnownGraph::default();
+        self.filter = None;
+        self.facts.clear();
     }
 
     /// The complete edges of `key` in one direction, if known without asking the store.
@@ -169,32 +174,60 @@ impl KnownGraph {
         self.filter.as_ref().is_some_and(|filter| !filter.may_contain(key_hash(&key.0, &key.1)))
     }
 
-    /// The remembered facts of `key`, moved to the newer generation.
     fn facts(&mut self, key: &Key) -> Option<&mut Facts> {
-        if !self.newer.contains_key(key) {
-            let facts = self.older.remove(key)?;
-            self.make_room();
-            self.newer.insert(key.clone(), facts);
-        }
-        self.newer.get_mut(key)
+        self.facts.get(key)
     }
 
     fn facts_or_new(&mut self, key: &Key) -> &mut Facts {
-        if self.facts(key).is_none() {
-            self.make_room();
-            self.newer.insert(key.clone(), Facts::default());
+        if self.facts.get(key).is_none() {
+            self.facts.insert(key.clone(), Facts::default());
         }
-        self.newer.get_mut(key).expect("just inserted")
-    }
-
-    fn make_room(&mut self) {
-        if self.newer.len() >= KEYS_PER_GENERATION {
-            self.older = std::mem::take(&mut self.newer);
-        }
+        self.facts.get(key).expect("just inserted")
     }
 
     #[cfg(test)]
     fn remembered(&self) -> usize {
+        self.facts.len()
+    }
+}
+
+/// A map that keeps what was used lately: two generations of at most
+/// `limit` entries; an entry read moves to the newer one, and the older is
+/// dropped whole when the newer one fills.
+pub(crate) struct Generations<K, V> {
+    newer: HashMap<K, V>,
+    older: HashMap<K, V>,
+    limit: usize,
+}
+
+impl<K: Hash + Eq + Clone, V> Generations<K, V> {
+    pub fn new(limit: usize) -> Self {
+        Generations { newer: HashMap::new(), older: HashMap::new(), limit }
+    }
+
+    pub fn get(&mut self, key: &K) -> Option<&mut V> {
+        if !self.newer.contains_key(key) {
+            let value = self.older.remove(key)?;
+            self.insert(key.clone(), value);
+        }
+        self.newer.get_mut(key)
+    }
+
+    pub fn insert(&mut self, key: K, value: V) {
+        if self.newer.len() >= self.limit && !self.newer.contains_key(&key) {
+            self.older = std::mem::take(&mut self.newer);
+        }
+        self.older.remove(&key);
+        self.newer.insert(key, value);
+    }
+
+    pub fn clear(&mut self) {
+        self.newer.clear();
+        self.older.clear();
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
         self.newer.len() + self.older.len()
     }
 }
