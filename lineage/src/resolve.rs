@@ -14,7 +14,6 @@
 //! one resolver per store, and none running during a `lineage rebuild`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -24,7 +23,7 @@ use waybill_store::{BizEventRow, EdgeRow, KeyTraceRow, ProgressRow, Store, Store
 use crate::config::{LineageConfig, Step};
 use crate::graph::{self, Key};
 use crate::journey::{self, Milestone};
-use crate::known::{Generations, KeyFilter, KnownGraph, KEY_HASH_SQL};
+use crate::known::{KeyFilter, KnownGraph, KEY_HASH_SQL};
 
 /// Bytes of one rendered `IN (...)` list, under ClickHouse's default
 /// 256 KiB query size limit.
@@ -41,9 +40,6 @@ const PROGRESS_NAME: &str = "resolver";
 const CATCH_UP_PAGE: Duration = Duration::from_secs(600);
 /// Every key of the key graph's tables, for the resolver's key filter.
 const GRAPH_KEYS: &str = "(SELECT Kind, Value FROM biz_key_traces UNION ALL SELECT Kind, Value FROM biz_edges)";
-/// Traces remembered per generation between steps (two generations are
-/// kept), so a transaction's earlier traces are not read again.
-const RECENT_TRACES_PER_GENERATION: usize = 30_000;
 /// Key hashes read per query while filling the key filter.
 const FILTER_PAGE_KEYS: usize = 1_000_000;
 
@@ -64,30 +60,23 @@ pub struct Resolver {
     journeys: HashMap<String, Vec<Step>>,
     last_version: u64,
     known: KnownGraph,
-    recent: Generations<String, Arc<LoadedTrace>>,
 }
 
-/// One trace's events, one copy of each record, and the keys its records share.
-struct LoadedTrace {
-    events: Vec<BizEventRow>,
-    shared: BTreeSet<Key>,
-}
-
-/// The traces one step works with, each read once.
+/// The events of some traces, read once per step.
 #[derive(Default)]
-struct Traces(BTreeMap<String, Arc<LoadedTrace>>);
+struct Traces {
+    events: BTreeMap<String, Vec<BizEventRow>>,
+    shared: BTreeMap<String, BTreeSet<Key>>,
+}
 
 impl Traces {
-    fn contains(&self, trace: &str) -> bool {
-        self.0.contains_key(trace)
+    fn insert(&mut self, trace: String, events: Vec<BizEventRow>) {
+        self.shared.insert(trace.clone(), graph::shared_keys(&events));
+        self.events.insert(trace, events);
     }
 
-    fn events(&self, trace: &str) -> &[BizEventRow] {
-        self.0.get(trace).map_or(&[], |t| &t.events)
-    }
-
-    fn shared(&self, trace: &str) -> Option<&BTreeSet<Key>> {
-        self.0.get(trace).map(|t| &t.shared)
+    fn shared(&self, trace: &str) -> BTreeSet<Key> {
+        self.shared.get(trace).cloned().unwrap_or_default()
     }
 }
 
@@ -95,10 +84,7 @@ impl Resolver {
     pub fn new(store: Store, config: LineageConfig) -> Result<Self, String> {
         config.validate()?;
         let journeys = config.kinds.iter().map(|kind| Ok((kind.clone(), config.journey(kind)?))).collect::<Result<_, String>>()?;
-        Ok(Resolver { store, config, journeys, last_version: 0,
-            known: KnownGraph::default(),
-            recent: Generations::new(RECENT_TRACES_PER_GENERATION),
-        })
+        Ok(Resolver { store, config, journeys, last_version: 0, known: KnownGraph::default() })
     }
 
     /// Runs until `shutdown`: resolves the traces the pipeline names, and
@@ -227,7 +213,6 @@ impl Resolver {
         if resolved.is_err() {
             // Part of the step may be stored and not remembered: start afresh.
             self.known.forget();
-            self.recent.clear();
         }
         resolved
     }
@@ -238,26 +223,25 @@ impl Resolver {
             self.known.set_filter(filter);
         }
         let mut loaded = Traces::default();
-        // The step's traces have new events: never from memory.
-        self.load(&mut loaded, traces.iter().cloned().collect(), false).await?;
+        self.load(&mut loaded, traces.iter().cloned().collect()).await?;
         // Traces these link to, and traces whose records link to these.
-        let outgoing: BTreeSet<String> =
-            loaded.0.values().flat_map(|t| t.events.iter()).flat_map(|e| e.linked_trace_ids.iter().cloned()).collect();
+        let outgoing: BTreeSet<String> = loaded.events.values().flatten().flat_map(|e| e.linked_trace_ids.iter().cloned()).collect();
         let incoming = self.traces_linking_to(traces).await?;
-        let extra = outgoing.union(&incoming).filter(|t| !loaded.contains(t)).cloned().collect();
-        self.load(&mut loaded, extra, true).await?;
+        let extra = outgoing.union(&incoming).filter(|t| !loaded.events.contains_key(*t)).cloned().collect();
+        self.load(&mut loaded, extra).await?;
 
         let mut edges = BTreeSet::new();
         let mut key_traces = BTreeSet::new();
         let mut touched: BTreeSet<Key> = BTreeSet::new();
         let mut events = 0;
         for trace in traces.iter().chain(incoming.iter()) {
-            let Some(trace_loaded) = loaded.0.get(trace) else { continue };
-            for event in &trace_loaded.events {
+            let Some(trace_events) = loaded.events.get(trace) else { continue };
+            let shared = loaded.shared(trace);
+            for event in trace_events {
                 events += 1;
-                let mut keys = graph::effective_keys(event, &trace_loaded.shared);
+                let mut keys = graph::effective_keys(event, &shared);
                 graph::edges_among(&keys, &self.config, &mut edges);
-                let linked: BTreeSet<Key> = event.linked_trace_ids.iter().filter_map(|t| loaded.shared(t)).flatten().cloned().collect();
+                let linked: BTreeSet<Key> = event.linked_trace_ids.iter().flat_map(|t| loaded.shared(t)).collect();
                 graph::edges_between(&keys, &linked, &self.config, &mut edges);
                 touched.extend(linked.iter().cloned());
                 // A trace without keys of its own belongs where its links point.
@@ -282,22 +266,9 @@ impl Resolver {
         Ok(Resolved { traces: traces.len(), events, transactions })
     }
 
-    /// Reads the events of `traces` the step has not read yet, from the
-    /// traces remembered from earlier steps where `remembered` allows.
-    async fn load(&mut self, loaded: &mut Traces, traces: Vec<String>, remembered: bool) -> Result<(), StoreError> {
-        let mut wanted = Vec::new();
-        for trace in traces {
-            if loaded.contains(&trace) {
-                continue;
-            }
-            match self.recent.get(&trace).filter(|_| remembered) {
-                Some(known) => {
-                    let known = known.clone();
-                    loaded.0.insert(trace, known);
-                }
-                None => wanted.push(trace),
-            }
-        }
+    /// Reads the events of `traces` not read yet, one copy of each record.
+    async fn load(&self, loaded: &mut Traces, traces: Vec<String>) -> Result<(), StoreError> {
+        let wanted: Vec<String> = traces.into_iter().filter(|t| !loaded.events.contains_key(t)).collect();
         let mut found: BTreeMap<String, Vec<BizEventRow>> = BTreeMap::new();
         let rows: Vec<BizEventRow> =
             self.fetch_in(quoted(&wanted), |list| format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({list})")).await?;
@@ -309,9 +280,7 @@ impl Resolver {
             // Copies of a resent record (until merges collapse them) count once.
             events.sort_by(|a, b| identity(a).cmp(&identity(b)));
             events.dedup_by(|a, b| identity(a) == identity(b));
-            let trace_loaded = Arc::new(LoadedTrace { shared: graph::shared_keys(&events), events });
-            self.recent.insert(trace.clone(), trace_loaded.clone());
-            loaded.0.insert(trace, trace_loaded);
+            loaded.insert(trace, events);
         }
         Ok(())
     }
@@ -461,7 +430,7 @@ impl Resolver {
         let all_keys: Vec<Key> = seen.into_iter().collect();
         let traces_of = self.traces_of(&all_keys).await?;
         let needed: Vec<String> = traces_of.values().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
-        self.load(loaded, needed, true).await?;
+        self.load(loaded, needed).await?;
 
         let mut rows = Vec::new();
         let mut keys = Vec::new();
@@ -483,8 +452,8 @@ impl Resolver {
         let no_keys = BTreeSet::new();
         let mut included: Vec<&BizEventRow> = Vec::new();
         for trace in traces {
-            let shared = loaded.shared(trace).unwrap_or(&no_keys);
-            for event in loaded.events(trace) {
+            let shared = loaded.shared.get(*trace).unwrap_or(&no_keys);
+            for event in loaded.events.get(*trace).into_iter().flatten() {
                 // A record belongs by its own keys, a record without any by
                 // its trace's, and without those by the traces it links to.
                 let belongs = if !event.key_kinds.is_empty() {
@@ -492,7 +461,7 @@ impl Resolver {
                 } else if !shared.is_empty() {
                     any_in(&in_closure, shared.iter().map(|(k, v)| (k, v)))
                 } else {
-                    event.linked_trace_ids.iter().filter_map(|t| loaded.shared(t)).any(|keys| any_in(&in_closure, keys.iter().map(|(k, v)| (k, v))))
+                    event.linked_trace_ids.iter().filter_map(|t| loaded.shared.get(t)).any(|keys| any_in(&in_closure, keys.iter().map(|(k, v)| (k, v))))
                 };
                 if belongs {
                     included.push(event);
