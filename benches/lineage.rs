@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use waybill_lineage::api;
 use waybill_lineage::config::Step;
 use waybill_lineage::journey::State;
-use waybill_lineage::resolve::{transaction_id, transaction_row, EVENT_COLUMNS, TRANSACTION_COLUMNS};
+use waybill_lineage::resolve::{transaction_id, transaction_row, EVENT_COLUMNS, TRACES_PER_STEP, TRANSACTION_COLUMNS};
 use waybill_lineage::{LineageConfig, Resolver};
 use waybill_store::engine::{Engine, EngineQuery};
 use waybill_store::sql::quote_string;
@@ -667,10 +667,11 @@ async fn live_loop(store: &Store, config: &LineageConfig, blocks: &[Vec<Flow>], 
     stop.store(true, Ordering::Relaxed);
     let mut beside = beside.await.unwrap();
     println!(
-        "  live loop over {elapsed:.0} s: {:.0} events/s arrived, {:.0} events/s resolved ({} steps of up to 5,000 traces, {:.2} s each on average, one per resolve interval)",
+        "  live loop over {elapsed:.0} s: {:.0} events/s arrived, {:.0} events/s resolved ({} steps of up to {} traces, {:.2} s each on average, one per resolve interval)",
         arrived_events as f64 / elapsed,
         resolved / elapsed,
         count - steps_before,
+        TRACES_PER_STEP,
         (sum - seconds_before) / (count - steps_before).max(1) as f64
     );
     println!("  by_key beside the live loop {}", summary(&mut beside));

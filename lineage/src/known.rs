@@ -12,6 +12,8 @@
 //! Memory is bounded: keys live in two generations of at most
 //! [`KEYS_PER_GENERATION`] each; a key read again moves to the newer one,
 //! and the older generation is dropped whole when the newer one fills.
+//! A remembered key with a link and a trace takes about 390 bytes, so the
+//! two generations hold at most about 80 MB.
 //! Forgetting only ever costs queries, so after a failed step the resolver
 //! forgets everything rather than reason about a half-written step.
 
@@ -24,7 +26,7 @@ use waybill_store::{EdgeRow, KeyTraceRow};
 use crate::graph::Key;
 
 /// Keys remembered per generation; two generations are kept.
-pub(crate) const KEYS_PER_GENERATION: usize = 200_000;
+pub(crate) const KEYS_PER_GENERATION: usize = 100_000;
 /// The filter is sized for twice the keys stored when it is read, and
 /// never for fewer than this.
 const MIN_FILTER_KEYS: usize = 1_000_000;
@@ -32,16 +34,29 @@ const MIN_FILTER_KEYS: usize = 1_000_000;
 const BITS_PER_KEY: usize = 10;
 const HASHES: u64 = 7;
 
+/// A key packed as `kind\0value` in one allocation (kinds have no NUL),
+/// which halves what a remembered key costs.
+type Packed = Box<str>;
+
+fn pack(kind: &str, value: &str) -> Packed {
+    [kind, "\0", value].concat().into_boxed_str()
+}
+
+fn unpack(packed: &str) -> Key {
+    let (kind, value) = packed.split_once('\0').unwrap_or((packed, ""));
+    (kind.to_owned(), value.to_owned())
+}
+
 /// The store's answer for one key, remembered: `None` where not known.
 #[derive(Default)]
 struct Facts {
-    up: Option<Vec<Key>>,
-    down: Option<Vec<Key>>,
-    traces: Option<Vec<String>>,
+    up: Option<Vec<Packed>>,
+    down: Option<Vec<Packed>>,
+    traces: Option<Vec<Box<str>>>,
 }
 
 impl Facts {
-    fn edges(&mut self, down: bool) -> &mut Option<Vec<Key>> {
+    fn edges(&mut self, down: bool) -> &mut Option<Vec<Packed>> {
         if down {
             &mut self.down
         } else {
@@ -52,7 +67,7 @@ impl Facts {
 
 pub(crate) struct KnownGraph {
     filter: Option<KeyFilter>,
-    facts: Generations<Key, Facts>,
+    facts: Generations<Packed, Facts>,
 }
 
 impl Default for KnownGraph {
@@ -80,27 +95,29 @@ impl KnownGraph {
 
     /// The complete edges of `key` in one direction, if known without asking the store.
     pub fn edges(&mut self, key: &Key, down: bool) -> Option<Vec<Key>> {
-        if self.never_stored(key) {
+        if self.never_stored(&key.0, &key.1) {
             return Some(Vec::new());
         }
-        self.facts(key).and_then(|facts| facts.edges(down).clone())
+        let others = self.facts(key)?.edges(down).as_ref()?;
+        Some(others.iter().map(|other| unpack(other)).collect())
     }
 
     /// The complete traces of `key`, if known without asking the store.
     pub fn traces(&mut self, key: &Key) -> Option<Vec<String>> {
-        if self.never_stored(key) {
+        if self.never_stored(&key.0, &key.1) {
             return Some(Vec::new());
         }
-        self.facts(key).and_then(|facts| facts.traces.clone())
+        let traces = self.facts(key)?.traces.as_ref()?;
+        Some(traces.iter().map(|trace| trace.to_string()).collect())
     }
 
     /// Remembers what the store answered for `asked`: all their edges in
     /// one direction are among `rows`.
     pub fn learned_edges(&mut self, asked: &[Key], rows: &[EdgeRow], down: bool) {
-        let mut found: HashMap<&Key, Vec<Key>> = asked.iter().map(|key| (key, Vec::new())).collect();
+        let mut found: HashMap<Packed, Vec<Packed>> = asked.iter().map(|key| (pack(&key.0, &key.1), Vec::new())).collect();
         for row in rows.iter().filter(|row| row.down == down) {
-            if let Some(list) = found.get_mut(&(row.kind.clone(), row.value.clone())) {
-                push_new(list, (row.other_kind.clone(), row.other_value.clone()));
+            if let Some(list) = found.get_mut(&pack(&row.kind, &row.value)) {
+                push_new(list, pack(&row.other_kind, &row.other_value));
             }
         }
         for (key, list) in found {
@@ -110,10 +127,10 @@ impl KnownGraph {
 
     /// Remembers what the store answered for `asked`: all their traces are among `rows`.
     pub fn learned_traces(&mut self, asked: &[Key], rows: &[KeyTraceRow]) {
-        let mut found: HashMap<&Key, Vec<String>> = asked.iter().map(|key| (key, Vec::new())).collect();
+        let mut found: HashMap<Packed, Vec<Box<str>>> = asked.iter().map(|key| (pack(&key.0, &key.1), Vec::new())).collect();
         for row in rows {
-            if let Some(list) = found.get_mut(&(row.kind.clone(), row.value.clone())) {
-                push_new(list, row.trace_id.clone());
+            if let Some(list) = found.get_mut(&pack(&row.kind, &row.value)) {
+                push_new(list, row.trace_id.as_str().into());
             }
         }
         for (key, list) in found {
@@ -124,11 +141,9 @@ impl KnownGraph {
     /// Adds edges the resolver has just stored.
     pub fn wrote_edges(&mut self, rows: &[EdgeRow]) {
         for row in rows {
-            let key = (row.kind.clone(), row.value.clone());
-            let other = (row.other_kind.clone(), row.other_value.clone());
-            if let Some(facts) = self.facts_to_extend(&key) {
+            if let Some(facts) = self.facts_to_extend(&row.kind, &row.value) {
                 if let Some(list) = facts.edges(row.down) {
-                    push_new(list, other);
+                    push_new(list, pack(&row.other_kind, &row.other_value));
                 }
             }
         }
@@ -138,10 +153,9 @@ impl KnownGraph {
     /// Adds key → trace rows the resolver has just stored.
     pub fn wrote_key_traces(&mut self, rows: &[KeyTraceRow]) {
         for row in rows {
-            let key = (row.kind.clone(), row.value.clone());
-            if let Some(facts) = self.facts_to_extend(&key) {
+            if let Some(facts) = self.facts_to_extend(&row.kind, &row.value) {
                 if let Some(list) = &mut facts.traces {
-                    push_new(list, row.trace_id.clone());
+                    push_new(list, row.trace_id.as_str().into());
                 }
             }
         }
@@ -150,8 +164,9 @@ impl KnownGraph {
 
     /// The facts of `key` that a write must extend: remembered ones, or
     /// empty complete ones for a key the store never held until now.
-    fn facts_to_extend(&mut self, key: &Key) -> Option<&mut Facts> {
-        if self.never_stored(key) {
+    fn facts_to_extend(&mut self, kind: &str, value: &str) -> Option<&mut Facts> {
+        let key = pack(kind, value);
+        if self.never_stored(kind, value) {
             let facts = self.facts_or_new(key);
             for list in [&mut facts.up, &mut facts.down] {
                 list.get_or_insert_with(Vec::new);
@@ -159,7 +174,7 @@ impl KnownGraph {
             facts.traces.get_or_insert_with(Vec::new);
             return Some(facts);
         }
-        self.facts(key)
+        self.facts.get(&key)
     }
 
     fn add_to_filter<'a>(&mut self, keys: impl Iterator<Item = (&'a String, &'a String)>) {
@@ -170,19 +185,19 @@ impl KnownGraph {
         }
     }
 
-    fn never_stored(&self, key: &Key) -> bool {
-        self.filter.as_ref().is_some_and(|filter| !filter.may_contain(key_hash(&key.0, &key.1)))
+    fn never_stored(&self, kind: &str, value: &str) -> bool {
+        self.filter.as_ref().is_some_and(|filter| !filter.may_contain(key_hash(kind, value)))
     }
 
     fn facts(&mut self, key: &Key) -> Option<&mut Facts> {
-        self.facts.get(key)
+        self.facts.get(&pack(&key.0, &key.1))
     }
 
-    fn facts_or_new(&mut self, key: &Key) -> &mut Facts {
-        if self.facts.get(key).is_none() {
+    fn facts_or_new(&mut self, key: Packed) -> &mut Facts {
+        if self.facts.get(&key).is_none() {
             self.facts.insert(key.clone(), Facts::default());
         }
-        self.facts.get(key).expect("just inserted")
+        self.facts.get(&key).expect("just inserted")
     }
 
     #[cfg(test)]

@@ -29,7 +29,7 @@ use crate::known::{KeyFilter, KnownGraph, KEY_HASH_SQL};
 /// 256 KiB query size limit.
 const LIST_BYTES: usize = 192 * 1024;
 /// Traces per resolve step.
-const TRACES_PER_STEP: usize = 5000;
+pub const TRACES_PER_STEP: usize = 10_000;
 /// Traces waiting beyond this many are dropped and caught up from the store.
 const MAX_PENDING_TRACES: usize = 500_000;
 /// Events ingested this long before the recorded progress are looked at
