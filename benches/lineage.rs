@@ -23,7 +23,8 @@
 //! Run: `cargo bench --bench lineage`. Environment: BENCH_TRANSACTIONS
 //! (1,000,000), BENCH_LOOKUPS (2000), BENCH_STEP_EVENTS (business events per
 //! resolve step, 100,000 = 1 s at 100k spans/s), BENCH_STEPS (steady-state
-//! resolve steps, 3). Figures are in BENCHMARKS.md.
+//! resolve steps, 3), BENCH_STEP_TRACES (the service loop's
+//! `lineage.max_traces_per_step`, default 5000). Figures are in BENCHMARKS.md.
 
 mod common;
 use common::{env_or, fresh_engine, now_ns};
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use waybill_lineage::api;
 use waybill_lineage::config::Step;
 use waybill_lineage::journey::State;
-use waybill_lineage::resolve::{transaction_id, transaction_row, EVENT_COLUMNS, TRACES_PER_STEP, TRANSACTION_COLUMNS};
+use waybill_lineage::resolve::{transaction_id, transaction_row, EVENT_COLUMNS, TRANSACTION_COLUMNS};
 use waybill_lineage::{LineageConfig, Resolver};
 use waybill_store::engine::{Engine, EngineQuery};
 use waybill_store::sql::quote_string;
@@ -671,7 +672,7 @@ async fn live_loop(store: &Store, config: &LineageConfig, blocks: &[Vec<Flow>], 
         arrived_events as f64 / elapsed,
         resolved / elapsed,
         count - steps_before,
-        TRACES_PER_STEP,
+        config.max_traces_per_step,
         (sum - seconds_before) / (count - steps_before).max(1) as f64
     );
     println!("  by_key beside the live loop {}", summary(&mut beside));
@@ -708,7 +709,8 @@ async fn main() {
     let target = SchemaTarget { database: "lineage".into(), cluster: None, retention_days: 30 };
     let store = Store::embedded(engine.clone(), target);
     store.migrate().await.unwrap();
-    let config = LineageConfig::default();
+    let config =
+        LineageConfig { max_traces_per_step: env_or("BENCH_STEP_TRACES", LineageConfig::default().max_traces_per_step), ..LineageConfig::default() };
     let journey = config.journey("order").unwrap();
     let now = now_ns();
 

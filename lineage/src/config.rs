@@ -40,6 +40,9 @@ pub struct LineageConfig {
     pub journeys: BTreeMap<String, Vec<JourneyStep>>,
     /// How often the resolver looks for new business events and deadlines.
     pub resolve_interval_ms: u64,
+    /// Pending traces one resolve step takes. Larger steps resolve a
+    /// backlog faster and hold more in memory while they run.
+    pub max_traces_per_step: usize,
 }
 
 impl Default for LineageConfig {
@@ -63,6 +66,7 @@ impl Default for LineageConfig {
                 ],
             )]),
             resolve_interval_ms: 1000,
+            max_traces_per_step: 5000,
         }
     }
 }
@@ -164,6 +168,9 @@ impl LineageConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.kinds.is_empty() {
             return Err("lineage.kinds: list at least one key kind".into());
+        }
+        if self.max_traces_per_step == 0 {
+            return Err("lineage.max_traces_per_step: must be at least 1".into());
         }
         let mut seen = HashSet::new();
         for kind in &self.kinds {

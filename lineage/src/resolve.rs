@@ -28,8 +28,6 @@ use crate::known::{KeyFilter, KnownGraph, KEY_HASH_SQL};
 /// Bytes of one rendered `IN (...)` list, under ClickHouse's default
 /// 256 KiB query size limit.
 const LIST_BYTES: usize = 192 * 1024;
-/// Traces per resolve step.
-pub const TRACES_PER_STEP: usize = 10_000;
 /// Traces waiting beyond this many are dropped and caught up from the store.
 const MAX_PENDING_TRACES: usize = 500_000;
 /// Events ingested this long before the recorded progress are looked at
@@ -125,7 +123,7 @@ impl Resolver {
             metrics::PENDING_TRACES.set(pending.len() as i64);
             if !pending.is_empty() {
                 // A bounded step, so memory and the engine's time per step stay bounded.
-                let step: BTreeSet<String> = pending.iter().take(TRACES_PER_STEP).cloned().collect();
+                let step: BTreeSet<String> = pending.iter().take(self.config.max_traces_per_step).cloned().collect();
                 let timer = metrics::RESOLVE_SECONDS.start_timer();
                 match self.resolve_traces(&step, now_ns()).await {
                     Ok(resolved) => {
@@ -196,13 +194,14 @@ impl Resolver {
     /// Resolves `traces` a few thousand at a time, reporting progress.
     pub async fn resolve_in_chunks(&mut self, traces: Vec<String>, mut progress: impl FnMut(usize, usize)) -> Result<Resolved, StoreError> {
         let mut total = Resolved::default();
-        for (i, chunk) in traces.chunks(TRACES_PER_STEP).enumerate() {
+        let per_step = self.config.max_traces_per_step;
+        for (i, chunk) in traces.chunks(per_step).enumerate() {
             let chunk: BTreeSet<String> = chunk.iter().cloned().collect();
             let resolved = self.resolve_traces(&chunk, now_ns()).await?;
             total.traces += resolved.traces;
             total.events += resolved.events;
             total.transactions += resolved.transactions;
-            progress((i * TRACES_PER_STEP + chunk.len()).min(traces.len()), traces.len());
+            progress((i * per_step + chunk.len()).min(traces.len()), traces.len());
         }
         Ok(total)
     }
