@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use waybill_lineage::{api, LineageConfig, Resolver};
 use waybill_store::{BizEventRow, Store};
@@ -71,8 +72,8 @@ async fn a_restarted_resolver_joins_new_traces_to_keys_stored_before_it_started(
 async fn a_resolver_remembers_across_many_steps_what_a_fresh_one_reads_from_the_store() {
     // Orders arrive staggered over steps, each stage in its own trace, as in
     // the service. One resolver keeps its memory throughout; the same
-    // records resolved by a fresh resolver per step (which must read every
-    // key from the store) must leave the same transactions.
+    // records resolved by a fresh resolver per step (which starts each step
+    // knowing only what the store holds) must leave the same transactions.
     let stages = |order: u64| -> Vec<BizEventRow> {
         let (po, so, sh, inv) = (format!("PO-{order}"), format!("SO-{order}"), format!("SH-{order}"), format!("INV-{order}"));
         let trace = |stage: u64| format!("{order:08x}{stage:024x}");
@@ -136,4 +137,25 @@ async fn a_resolver_remembers_across_many_steps_what_a_fresh_one_reads_from_the_
     }
     common::drop_database(&remembering).await;
     common::drop_database(&fresh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_resolver_forgets_what_it_remembers_once_a_rebuild_rewrites_the_key_graph() {
+    let store = common::store("resolver_rebuilt").await;
+    let mut service = Resolver::new(store.clone(), LineageConfig::default()).unwrap();
+    resolve(&mut service, &store, &[record("b1", 1, "order.captured", "portal", &[("order", "PO-1")])]).await;
+    resolve(&mut service, &store, &[record("b2", 2, "order.accepted", "erp", &[("order", "PO-1"), ("sales_order", "SO-1")])]).await;
+
+    // New mapping rules say SO-1 belongs to PO-2: the rebuild re-extracts
+    // (here: replaces the ERP record) and recomputes the whole key graph.
+    store.execute("ALTER TABLE biz_events DELETE WHERE TraceId = 'b2' SETTINGS mutations_sync = 2").await.unwrap();
+    store.insert("biz_events", &[record("b3", 3, "order.accepted", "erp", &[("order", "PO-2"), ("sales_order", "SO-1")])]).await.unwrap();
+    waybill_lineage::rebuild::rebuild(&store, &LineageConfig::default(), Duration::from_secs(1), |_| {}).await.unwrap();
+
+    // The service's resolver must not link the shipment through its memory
+    // of SO-1 → PO-1.
+    resolve(&mut service, &store, &[record("b4", 4, "shipment.dispatched", "warehouse", &[("sales_order", "SO-1"), ("shipment", "SH-1")])])
+        .await;
+    assert_eq!(keys_of(&store, "SH-1").await, ["PO-2", "SO-1", "SH-1"]);
+    common::drop_database(&store).await;
 }

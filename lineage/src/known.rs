@@ -13,7 +13,8 @@
 //! [`KEYS_PER_GENERATION`] each; a key read again moves to the newer one,
 //! and the older generation is dropped whole when the newer one fills.
 //! A remembered key with a link and a trace takes about 390 bytes, so the
-//! two generations hold at most about 80 MB.
+//! two generations hold about 80 MB of typical keys; a key with more than
+//! [`MAX_PER_KEY`] links or traces (a busy partner) is not remembered.
 //! Forgetting only ever costs queries, so after a failed step the resolver
 //! forgets everything rather than reason about a half-written step.
 
@@ -27,6 +28,9 @@ use crate::graph::Key;
 
 /// Keys remembered per generation; two generations are kept.
 pub(crate) const KEYS_PER_GENERATION: usize = 100_000;
+/// Links or traces remembered per key and direction at most: a key shared
+/// by more (a partner, a SKU) is read from the store each time instead.
+const MAX_PER_KEY: usize = 1000;
 /// The filter is sized for twice the keys stored when it is read, and
 /// never for fewer than this.
 const MIN_FILTER_KEYS: usize = 1_000_000;
@@ -34,16 +38,18 @@ const MIN_FILTER_KEYS: usize = 1_000_000;
 const BITS_PER_KEY: usize = 10;
 const HASHES: u64 = 7;
 
-/// A key packed as `kind\0value` in one allocation (kinds have no NUL),
-/// which halves what a remembered key costs.
+/// A key packed as `<kind length>:<kind><value>` in one allocation, which
+/// halves what a remembered key costs; the length keeps any kind and value
+/// apart, NUL and `:` included.
 type Packed = Box<str>;
 
 fn pack(kind: &str, value: &str) -> Packed {
-    [kind, "\0", value].concat().into_boxed_str()
+    format!("{}:{kind}{value}", kind.len()).into_boxed_str()
 }
 
 fn unpack(packed: &str) -> Key {
-    let (kind, value) = packed.split_once('\0').unwrap_or((packed, ""));
+    let (len, rest) = packed.split_once(':').expect("packed keys start with their kind's length");
+    let (kind, value) = rest.split_at(len.parse().expect("packed keys start with their kind's length"));
     (kind.to_owned(), value.to_owned())
 }
 
@@ -120,7 +126,7 @@ impl KnownGraph {
                 push_new(list, pack(&row.other_kind, &row.other_value));
             }
         }
-        for (key, list) in found {
+        for (key, list) in found.into_iter().filter(|(_, list)| list.len() <= MAX_PER_KEY) {
             *self.facts_or_new(key).edges(down) = Some(list);
         }
     }
@@ -133,7 +139,7 @@ impl KnownGraph {
                 push_new(list, row.trace_id.as_str().into());
             }
         }
-        for (key, list) in found {
+        for (key, list) in found.into_iter().filter(|(_, list)| list.len() <= MAX_PER_KEY) {
             self.facts_or_new(key).traces = Some(list);
         }
     }
@@ -142,24 +148,20 @@ impl KnownGraph {
     pub fn wrote_edges(&mut self, rows: &[EdgeRow]) {
         for row in rows {
             if let Some(facts) = self.facts_to_extend(&row.kind, &row.value) {
-                if let Some(list) = facts.edges(row.down) {
-                    push_new(list, pack(&row.other_kind, &row.other_value));
-                }
+                extend(facts.edges(row.down), pack(&row.other_kind, &row.other_value));
             }
+            self.add_to_filter(&row.kind, &row.value);
         }
-        self.add_to_filter(rows.iter().map(|row| (&row.kind, &row.value)));
     }
 
     /// Adds key → trace rows the resolver has just stored.
     pub fn wrote_key_traces(&mut self, rows: &[KeyTraceRow]) {
         for row in rows {
             if let Some(facts) = self.facts_to_extend(&row.kind, &row.value) {
-                if let Some(list) = &mut facts.traces {
-                    push_new(list, row.trace_id.as_str().into());
-                }
+                extend(&mut facts.traces, row.trace_id.as_str().into());
             }
+            self.add_to_filter(&row.kind, &row.value);
         }
-        self.add_to_filter(rows.iter().map(|row| (&row.kind, &row.value)));
     }
 
     /// The facts of `key` that a write must extend: remembered ones, or
@@ -177,11 +179,9 @@ impl KnownGraph {
         self.facts.get(&key)
     }
 
-    fn add_to_filter<'a>(&mut self, keys: impl Iterator<Item = (&'a String, &'a String)>) {
+    fn add_to_filter(&mut self, kind: &str, value: &str) {
         if let Some(filter) = &mut self.filter {
-            for (kind, value) in keys {
-                filter.insert(key_hash(kind, value));
-            }
+            filter.insert(key_hash(kind, value));
         }
     }
 
@@ -247,6 +247,18 @@ impl<K: Hash + Eq + Clone, V> Generations<K, V> {
     }
 }
 
+/// Adds `item` to a remembered list; a list grown past [`MAX_PER_KEY`] is
+/// forgotten (it is read from the store when needed).
+fn extend<T: PartialEq>(list: &mut Option<Vec<T>>, item: T) {
+    if let Some(items) = list {
+        if items.len() >= MAX_PER_KEY && !items.contains(&item) {
+            *list = None;
+        } else {
+            push_new(items, item);
+        }
+    }
+}
+
 fn push_new<T: PartialEq>(list: &mut Vec<T>, item: T) {
     if !list.contains(&item) {
         list.push(item);
@@ -281,10 +293,14 @@ impl KeyFilter {
     }
 
     pub fn insert(&mut self, hash: u64) {
+        // Only keys it did not hold count towards its size (bar the 1 %
+        // it wrongly claims), so rewriting known keys never fills it.
+        if !self.may_contain(hash) {
+            self.inserted += 1;
+        }
         for bit in self.positions(hash) {
             self.bits[bit / 64] |= 1 << (bit % 64);
         }
-        self.inserted += 1;
     }
 
     pub fn may_contain(&self, hash: u64) -> bool {
@@ -306,6 +322,8 @@ impl KeyFilter {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn key(kind: &str, value: &str) -> Key {
@@ -332,6 +350,43 @@ mod tests {
         let claimed = (0..100_000).filter(|i| filter.may_contain(key_hash("order", &format!("PO-x{i}")))).count();
         // Sized for a million keys and holding a tenth of that, it claims far under 1 %.
         assert!(claimed < 100, "{claimed} false positives in 100,000");
+        assert!(!filter.is_full());
+    }
+
+    #[test]
+    fn packed_keys_keep_any_kind_and_value_apart() {
+        let keys = [key("order\0x", "1"), key("order", "x\01"), key("a:b", ":c"), key("", ""), key("ü", "ß\0")];
+        let packed: BTreeSet<Packed> = keys.iter().map(|k| pack(&k.0, &k.1)).collect();
+        assert_eq!(packed.len(), keys.len());
+        for k in &keys {
+            assert_eq!(&unpack(&pack(&k.0, &k.1)), k);
+        }
+    }
+
+    #[test]
+    fn a_key_shared_by_very_many_traces_is_read_from_the_store_instead() {
+        let mut known = with_empty_filter();
+        let partner = key("partner", "ACME");
+        let rows = |range: std::ops::Range<usize>| -> Vec<KeyTraceRow> {
+            range.map(|i| KeyTraceRow { kind: partner.0.clone(), value: partner.1.clone(), trace_id: format!("t{i}") }).collect()
+        };
+        known.wrote_key_traces(&rows(0..MAX_PER_KEY));
+        assert_eq!(known.traces(&partner).map(|t| t.len()), Some(MAX_PER_KEY));
+        known.wrote_key_traces(&rows(MAX_PER_KEY..MAX_PER_KEY + 1));
+        assert_eq!(known.traces(&partner), None, "forgotten, not cut short");
+        known.learned_traces(std::slice::from_ref(&partner), &rows(0..MAX_PER_KEY + 1));
+        assert_eq!(known.traces(&partner), None, "too many to remember");
+    }
+
+    #[test]
+    fn rewriting_known_keys_does_not_fill_the_filter() {
+        let mut filter = KeyFilter::for_keys(0);
+        for _ in 0..3 {
+            for i in 0..MIN_FILTER_KEYS / 2 {
+                filter.insert(key_hash("order", &format!("PO-{i}")));
+            }
+        }
+        assert!(filter.inserted <= MIN_FILTER_KEYS / 2);
         assert!(!filter.is_full());
     }
 

@@ -72,6 +72,7 @@ pub async fn rebuild(store: &Store, config: &LineageConfig, since: Duration, mut
     for table in schema::LINEAGE_DERIVED_TABLES {
         store.execute(&target.truncate(table)).await?;
     }
+    resolver.mark_rewritten().await?;
     let traces: Vec<String> = store.fetch_all("SELECT DISTINCT TraceId FROM biz_events ORDER BY TraceId").await?;
     let started_us = now_ns() / 1000;
     rebuilt.resolved = resolver.resolve_in_chunks(traces, |done, total| progress(Progress::Resolved { done, total })).await?;

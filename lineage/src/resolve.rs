@@ -9,9 +9,11 @@
 //! is harmless and `lineage rebuild` can recompute it all.
 //!
 //! Between steps it remembers the key graph it has read and written
-//! ([`crate::known`]), so a step asks the store only about keys it has not
+//! (`known.rs`), so a step asks the store only about keys it has not
 //! met. It must therefore be the only writer of the key graph's tables:
-//! one resolver per store, and none running during a `lineage rebuild`.
+//! one resolver per store. A `lineage rebuild` marks the graph rewritten,
+//! which makes a running resolver forget; on a cluster it remembers nothing
+//! between steps.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -34,6 +36,9 @@ const MAX_PENDING_TRACES: usize = 500_000;
 /// again after a restart: their notification may not have been handled.
 const CATCH_UP_MARGIN: Duration = Duration::from_secs(300);
 const PROGRESS_NAME: &str = "resolver";
+/// Set in `lineage_progress` by `lineage rebuild` when it empties the key
+/// graph's tables: a resolver that sees it change forgets what it remembers.
+const REWRITTEN_NAME: &str = "key graph rewritten";
 /// Catching up reads this much ingest time at a time.
 const CATCH_UP_PAGE: Duration = Duration::from_secs(600);
 /// Every key of the key graph's tables, for the resolver's key filter.
@@ -58,6 +63,11 @@ pub struct Resolver {
     journeys: HashMap<String, Vec<Step>>,
     last_version: u64,
     known: KnownGraph,
+    /// False on a cluster: rows written through Distributed tables reach
+    /// their shards later, so what was just read may be incomplete.
+    remember: bool,
+    /// The key graph's last rewrite seen (`REWRITTEN_NAME`).
+    rewritten_us: Option<i64>,
 }
 
 /// The events of some traces, read once per step.
@@ -82,7 +92,8 @@ impl Resolver {
     pub fn new(store: Store, config: LineageConfig) -> Result<Self, String> {
         config.validate()?;
         let journeys = config.kinds.iter().map(|kind| Ok((kind.clone(), config.journey(kind)?))).collect::<Result<_, String>>()?;
-        Ok(Resolver { store, config, journeys, last_version: 0, known: KnownGraph::default() })
+        let remember = store.target().cluster.is_none();
+        Ok(Resolver { store, config, journeys, last_version: 0, known: KnownGraph::default(), remember, rewritten_us: None })
     }
 
     /// Runs until `shutdown`: resolves the traces the pipeline names, and
@@ -217,7 +228,15 @@ impl Resolver {
     }
 
     async fn resolve_step(&mut self, traces: &BTreeSet<String>, now_ns: i64) -> Result<Resolved, StoreError> {
-        if self.known.needs_filter() {
+        let rewritten: Vec<i64> = self
+            .store
+            .fetch_all(&format!("SELECT ResolvedBefore FROM lineage_progress FINAL WHERE Name = {}", quote_string(REWRITTEN_NAME)))
+            .await?;
+        if !self.remember || rewritten.first() != self.rewritten_us.as_ref() {
+            self.known.forget();
+            self.rewritten_us = rewritten.first().copied();
+        }
+        if self.remember && self.known.needs_filter() {
             let filter = self.read_key_filter().await?;
             self.known.set_filter(filter);
         }
@@ -498,6 +517,13 @@ impl Resolver {
 
     pub(crate) async fn save_progress(&self, resolved_before_us: i64) -> Result<(), StoreError> {
         let row = ProgressRow { name: PROGRESS_NAME.into(), resolved_before_us, version: now_ns() as u64 };
+        self.store.insert("lineage_progress", &[row]).await
+    }
+
+    /// Marks the key graph's tables as emptied and rewritten, so that a
+    /// resolver still running elsewhere forgets what it remembers of them.
+    pub(crate) async fn mark_rewritten(&self) -> Result<(), StoreError> {
+        let row = ProgressRow { name: REWRITTEN_NAME.into(), resolved_before_us: now_us(), version: now_ns() as u64 };
         self.store.insert("lineage_progress", &[row]).await
     }
 
