@@ -73,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (resolver_stop, resolver_stopped) = watch::channel(false);
     let resolver = tokio::spawn(resolver.run(notifications, resolver_stopped));
     let extractor = waybill_lineage::Extractor::new(&config.lineage);
+    give_back_freed_memory();
     let (sink, writer) = Pipeline::start(store.clone(), config.pipeline.settings(), extractor, Some(notifier));
     servers.spawn("alert evaluator", {
         let alerts = alerts.clone();
@@ -280,5 +281,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = terminate => {}
+    }
+}
+
+/// How often freed heap memory is handed back to the operating system.
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+
+/// glibc keeps memory freed by decoded requests and written batches in its
+/// arenas instead of returning it, so resident memory would climb over a
+/// long overload while the live heap does not. A thread hands it back
+/// every [`TRIM_EVERY`].
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if let Err(err) = std::thread::Builder::new().name("memory-trim".into()).spawn(|| loop {
+        std::thread::sleep(TRIM_EVERY);
+        // SAFETY: malloc_trim takes the arenas' locks itself and only returns free pages.
+        unsafe { libc::malloc_trim(0) };
+    }) {
+        tracing::warn!(error = %err, "freed memory will not be handed back");
     }
 }
