@@ -284,17 +284,14 @@ async fn shutdown_signal() {
     }
 }
 
-/// How often freed heap memory is handed back to the operating system.
-const TRIM_EVERY: Duration = Duration::from_secs(2);
-
 /// glibc keeps memory freed by decoded requests and written batches in its
 /// arenas instead of returning it, so resident memory would climb over a
 /// long overload while the live heap does not. A thread hands it back
-/// every [`TRIM_EVERY`].
+/// every 2 s.
 fn give_back_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if let Err(err) = std::thread::Builder::new().name("memory-trim".into()).spawn(|| loop {
-        std::thread::sleep(TRIM_EVERY);
+        std::thread::sleep(Duration::from_secs(2));
         // SAFETY: malloc_trim takes the arenas' locks itself and only returns free pages.
         unsafe { libc::malloc_trim(0) };
     }) {

@@ -9,22 +9,14 @@ use std::time::Duration;
 use waybill_lineage::{api, LineageConfig, Resolver};
 use waybill_store::{BizEventRow, Store};
 
-/// A business record of `trace` carrying `keys`.
+/// A business record of `trace` carrying `keys` (at least one).
 fn record(trace: &str, span: u64, milestone: &str, system: &str, keys: &[(&str, &str)]) -> BizEventRow {
     let at_ns = common::now_ns() - 60_000_000_000 + span as i64 * 1_000_000;
     BizEventRow {
         trace_id: trace.into(),
-        record: "span".into(),
-        span_id: format!("{span:016x}"),
-        time_ns: at_ns,
-        source_time_ns: at_ns,
-        milestone: milestone.into(),
-        system: system.into(),
-        outcome: "ok".into(),
         key_kinds: keys.iter().map(|k| k.0.to_string()).collect(),
         key_values: keys.iter().map(|k| k.1.to_string()).collect(),
-        source: system.into(),
-        ..BizEventRow::default()
+        ..common::rows::biz_event(span, at_ns, milestone, system, "ok", keys[0])
     }
 }
 

@@ -118,29 +118,23 @@ impl KnownGraph {
     }
 
     /// Remembers what the store answered for `asked`: all their edges in
-    /// one direction are among `rows`.
+    /// one direction are among `rows` (distinct).
     pub fn learned_edges(&mut self, asked: &[Key], rows: &[EdgeRow], down: bool) {
-        let mut found: HashMap<Packed, Vec<Packed>> = asked.iter().map(|key| (pack(&key.0, &key.1), Vec::new())).collect();
-        for row in rows.iter().filter(|row| row.down == down) {
-            if let Some(list) = found.get_mut(&pack(&row.kind, &row.value)) {
-                push_new(list, pack(&row.other_kind, &row.other_value));
-            }
-        }
-        for (key, list) in found.into_iter().filter(|(_, list)| list.len() <= MAX_PER_KEY) {
-            *self.facts_or_new(key).edges(down) = Some(list);
+        let found = per_key(
+            asked,
+            rows.iter().filter(|row| row.down == down).map(|row| (&row.kind, &row.value, pack(&row.other_kind, &row.other_value))),
+        );
+        for (key, list) in found {
+            *self.facts_or_new(key).edges(down) = list;
         }
     }
 
-    /// Remembers what the store answered for `asked`: all their traces are among `rows`.
+    /// Remembers what the store answered for `asked`: all their traces are
+    /// among `rows` (distinct).
     pub fn learned_traces(&mut self, asked: &[Key], rows: &[KeyTraceRow]) {
-        let mut found: HashMap<Packed, Vec<Box<str>>> = asked.iter().map(|key| (pack(&key.0, &key.1), Vec::new())).collect();
-        for row in rows {
-            if let Some(list) = found.get_mut(&pack(&row.kind, &row.value)) {
-                push_new(list, row.trace_id.as_str().into());
-            }
-        }
-        for (key, list) in found.into_iter().filter(|(_, list)| list.len() <= MAX_PER_KEY) {
-            self.facts_or_new(key).traces = Some(list);
+        let found = per_key(asked, rows.iter().map(|row| (&row.kind, &row.value, Box::<str>::from(row.trace_id.as_str()))));
+        for (key, list) in found {
+            self.facts_or_new(key).traces = list;
         }
     }
 
@@ -247,21 +241,31 @@ impl<K: Hash + Eq + Clone, V> Generations<K, V> {
     }
 }
 
+/// The items of each of `asked` among distinct `(kind, value, item)` rows;
+/// `None` for a key with more than [`MAX_PER_KEY`], which is not remembered.
+fn per_key<'a, T>(asked: &[Key], rows: impl Iterator<Item = (&'a String, &'a String, T)>) -> HashMap<Packed, Option<Vec<T>>> {
+    let mut found: HashMap<Packed, Option<Vec<T>>> = asked.iter().map(|key| (pack(&key.0, &key.1), Some(Vec::new()))).collect();
+    for (kind, value, item) in rows {
+        if let Some(list) = found.get_mut(&pack(kind, value)) {
+            match list {
+                Some(items) if items.len() < MAX_PER_KEY => items.push(item),
+                _ => *list = None,
+            }
+        }
+    }
+    found
+}
+
 /// Adds `item` to a remembered list; a list grown past [`MAX_PER_KEY`] is
 /// forgotten (it is read from the store when needed).
 fn extend<T: PartialEq>(list: &mut Option<Vec<T>>, item: T) {
-    if let Some(items) = list {
-        if items.len() >= MAX_PER_KEY && !items.contains(&item) {
+    let Some(items) = list else { return };
+    if !items.contains(&item) {
+        if items.len() >= MAX_PER_KEY {
             *list = None;
         } else {
-            push_new(items, item);
+            items.push(item);
         }
-    }
-}
-
-fn push_new<T: PartialEq>(list: &mut Vec<T>, item: T) {
-    if !list.contains(&item) {
-        list.push(item);
     }
 }
 
@@ -355,7 +359,7 @@ mod tests {
 
     #[test]
     fn packed_keys_keep_any_kind_and_value_apart() {
-        let keys = [key("order\0x", "1"), key("order", "x\01"), key("a:b", ":c"), key("", ""), key("ü", "ß\0")];
+        let keys = [key("order\0x", "1"), key("order", "x\u{0}1"), key("a:b", ":c"), key("", ""), key("ü", "ß\0")];
         let packed: BTreeSet<Packed> = keys.iter().map(|k| pack(&k.0, &k.1)).collect();
         assert_eq!(packed.len(), keys.len());
         for k in &keys {

@@ -228,17 +228,21 @@ impl Resolver {
     }
 
     async fn resolve_step(&mut self, traces: &BTreeSet<String>, now_ns: i64) -> Result<Resolved, StoreError> {
-        let rewritten: Vec<i64> = self
-            .store
-            .fetch_all(&format!("SELECT ResolvedBefore FROM lineage_progress FINAL WHERE Name = {}", quote_string(REWRITTEN_NAME)))
-            .await?;
-        if !self.remember || rewritten.first() != self.rewritten_us.as_ref() {
+        if self.remember {
+            let rewritten: Vec<i64> = self
+                .store
+                .fetch_all(&format!("SELECT ResolvedBefore FROM lineage_progress FINAL WHERE Name = {}", quote_string(REWRITTEN_NAME)))
+                .await?;
+            if rewritten.first() != self.rewritten_us.as_ref() {
+                self.known.forget();
+                self.rewritten_us = rewritten.first().copied();
+            }
+            if self.known.needs_filter() {
+                let filter = self.read_key_filter().await?;
+                self.known.set_filter(filter);
+            }
+        } else {
             self.known.forget();
-            self.rewritten_us = rewritten.first().copied();
-        }
-        if self.remember && self.known.needs_filter() {
-            let filter = self.read_key_filter().await?;
-            self.known.set_filter(filter);
         }
         let mut loaded = Traces::default();
         self.load(&mut loaded, traces.iter().cloned().collect()).await?;
