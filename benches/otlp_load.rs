@@ -5,9 +5,12 @@
 //!
 //! Run: `cargo bench --bench otlp_load`. Environment: BENCH_SECONDS (20),
 //! BENCH_CONNECTIONS (32), BENCH_OVERLOAD_CONNECTIONS (400), BENCH_BATCHES
-//! (distinct requests of 512 spans, 1200), BENCH_BUSINESS_EVERY (1: every
-//! span is a business record, with keys and a milestone; N: one span in N,
-//! the others plain spans of the same flow). Figures are in BENCHMARKS.md.
+//! (distinct requests of 512 spans, 1200), BENCH_SPANS_PER_SERVICE (1: each
+//! trace has one span per service; N: an entry span and N - 1 plain child
+//! spans, such as database calls, per service), BENCH_BUSINESS_EVERY (1:
+//! every entry span is a business record, with keys and a milestone; N: one
+//! entry span in N, the others plain spans of the same flow). Figures are in
+//! BENCHMARKS.md.
 
 mod common;
 use common::{env_or, fresh_engine, migrated_store};
@@ -34,49 +37,71 @@ fn text(key: &str, value: impl Into<String>) -> KeyValue {
 }
 
 /// Request `batch`: 512 spans of an order-to-invoice flow across four
-/// services, an event on each, ids unique per span; one span in
+/// services, ids unique per span. In each trace every service has an entry
+/// span (a server span with an event) and `per_service - 1` plain child
+/// spans (database and HTTP client calls); one entry span in
 /// `business_every` carries business keys and a milestone.
-fn request(batch: u64, now_ns: u64, business_every: u64) -> ExportTraceServiceRequest {
+fn request(batch: u64, now_ns: u64, business_every: u64, per_service: usize) -> ExportTraceServiceRequest {
     let services = ["b2b-portal", "sap-erp", "warehouse", "billing"];
     let names = ["POST /orders", "erp.sales_order.post", "wms.shipment.dispatch", "invoice.post"];
+    let children = ["SELECT orders", "INSERT order_lines", "GET /pricing/{sku}", "SELECT stock"];
+    let traces = (SPANS_PER_REQUEST / (4 * per_service)) as u64;
     let resource_spans = (0..4)
         .map(|service| {
-            let spans = (0..SPANS_PER_REQUEST / 4)
-                .map(|i| {
-                    let n = batch * SPANS_PER_REQUEST as u64 + (i * 4 + service) as u64;
-                    let start = now_ns + n * 1_000;
-                    Span {
-                        trace_id: (u128::from(n / 4) + 1).to_be_bytes().to_vec(),
-                        span_id: (n + 1).to_be_bytes().to_vec(),
-                        parent_span_id: if service == 0 { vec![] } else { n.to_be_bytes().to_vec() },
-                        name: names[service].into(),
-                        kind: 2,
+            let spans = (0..traces)
+                .flat_map(|t| (0..per_service).map(move |child| (t, child)))
+                .map(|(t, child)| {
+                    let trace = batch * traces + t;
+                    // Entry spans are numbered as if each trace had one span per service.
+                    let entry = trace * 4 + service as u64;
+                    let id = batch * SPANS_PER_REQUEST as u64 + t * (4 * per_service) as u64 + (service * per_service + child) as u64;
+                    let start = now_ns + id * 1_000;
+                    let span_id = |n: u64| (n + 1).to_be_bytes().to_vec();
+                    let entry_id = id - child as u64;
+                    let mut span = Span {
+                        trace_id: (u128::from(trace) + 1).to_be_bytes().to_vec(),
+                        span_id: span_id(id),
                         start_time_unix_nano: start,
                         end_time_unix_nano: start + 1_500_000,
-                        attributes: if n % business_every == 0 {
-                            vec![
-                                text("biz.key.order", format!("PO-{}", n / 4)),
-                                text("biz.key.sales_order", format!("SO-{}", n / 4)),
-                                text("biz.milestone", "order.accepted"),
-                                text("http.request.method", "POST"),
-                            ]
-                        } else {
-                            vec![
-                                text("http.route", "/api/v2/orders/{id}"),
-                                text("peer.service", "sap-erp"),
-                                text("net.peer.name", format!("erp-{}.internal", n % 3)),
-                                text("http.request.method", "POST"),
-                            ]
-                        },
-                        events: vec![Event {
-                            time_unix_nano: start + 500,
-                            name: "credit.checked".into(),
-                            attributes: vec![text("biz.outcome", "ok")],
-                            ..Default::default()
-                        }],
                         status: Some(Status { code: 1, message: String::new() }),
                         ..Default::default()
+                    };
+                    if child > 0 {
+                        span.parent_span_id = span_id(entry_id);
+                        span.name = children[(child - 1) % children.len()].into();
+                        span.kind = 3;
+                        span.attributes =
+                            vec![text("db.system", "postgresql"), text("server.address", format!("db-{}.internal", service % 3))];
+                        return span;
                     }
+                    // A service's entry span is the child of the previous service's.
+                    if service > 0 {
+                        span.parent_span_id = span_id(entry_id - per_service as u64);
+                    }
+                    span.name = names[service].into();
+                    span.kind = 2;
+                    span.attributes = if entry % business_every == 0 {
+                        vec![
+                            text("biz.key.order", format!("PO-{trace}")),
+                            text("biz.key.sales_order", format!("SO-{trace}")),
+                            text("biz.milestone", "order.accepted"),
+                            text("http.request.method", "POST"),
+                        ]
+                    } else {
+                        vec![
+                            text("http.route", "/api/v2/orders/{id}"),
+                            text("peer.service", "sap-erp"),
+                            text("net.peer.name", format!("erp-{}.internal", entry % 3)),
+                            text("http.request.method", "POST"),
+                        ]
+                    };
+                    span.events = vec![Event {
+                        time_unix_nano: start + 500,
+                        name: "credit.checked".into(),
+                        attributes: vec![text("biz.outcome", "ok")],
+                        ..Default::default()
+                    }];
+                    span
                 })
                 .collect();
             ResourceSpans {
@@ -140,6 +165,25 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// From the service's `/metrics`: business events resolved so far, traces
+/// waiting for the resolver, and the writer's batches and rows so far.
+fn service_progress(http: u16) -> [f64; 4] {
+    let mut answer = String::new();
+    if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", http)) {
+        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+    }
+    let value = |name: &str| {
+        answer.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(f64::NAN)
+    };
+    [
+        value("waybill_lineage_resolved_events_total"),
+        value("waybill_lineage_pending_traces"),
+        value("waybill_pipeline_batch_records_count"),
+        value("waybill_pipeline_batch_records_sum"),
+    ]
+}
+
 /// Totals of one load phase.
 #[derive(Default)]
 struct Totals {
@@ -181,7 +225,13 @@ async fn exchange(stream: &mut BufReader<tokio::net::TcpStream>, addr: SocketAdd
 
 /// Sends `bodies` over `connections` keep-alive connections until they run
 /// out or `seconds` pass. On 429 a connection waits `busy_wait` and resends.
-async fn load(addr: SocketAddr, bodies: Arc<Vec<Vec<u8>>>, connections: usize, seconds: u64, busy_wait: Duration) -> (Arc<Totals>, Duration) {
+async fn load(
+    addr: SocketAddr,
+    bodies: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+    seconds: u64,
+    busy_wait: Duration,
+) -> (Arc<Totals>, Duration) {
     let next = Arc::new(AtomicUsize::new(0));
     let totals = Arc::new(Totals::default());
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -269,7 +319,9 @@ async fn main() {
     print!("encoding {batches} requests of {SPANS_PER_REQUEST} spans ... ");
     std::io::stdout().flush().unwrap();
     let business_every = env_or("BENCH_BUSINESS_EVERY", 1).max(1) as u64;
-    let requests: Vec<ExportTraceServiceRequest> = (0..batches as u64).map(|b| request(b, now_ns, business_every)).collect();
+    let per_service = env_or("BENCH_SPANS_PER_SERVICE", 1).clamp(1, SPANS_PER_REQUEST / 4);
+    assert_eq!(SPANS_PER_REQUEST % (4 * per_service), 0, "BENCH_SPANS_PER_SERVICE must divide {}", SPANS_PER_REQUEST / 4);
+    let requests: Vec<ExportTraceServiceRequest> = (0..batches as u64).map(|b| request(b, now_ns, business_every, per_service)).collect();
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(requests.iter().map(|r| r.encode_to_vec()).collect());
     println!("{:.0} MB", bodies.iter().map(Vec::len).sum::<usize>() as f64 / 1e6);
 
@@ -334,6 +386,11 @@ async fn main() {
         totals.other.load(Ordering::Relaxed),
         peak.load(Ordering::Relaxed) as f64 / 1e6
     );
+    let [resolved, pending, batches_before, rows_before] = service_progress(http);
+    println!(
+        "  after it: resolver {resolved:.0} business events resolved, {pending:.0} traces waiting; writer {batches_before:.0} batches of {:.0} rows on average",
+        rows_before / batches_before
+    );
 
     peak.store(0, Ordering::Relaxed);
     let (totals, elapsed) = load(addr, overload, overload_connections, seconds, Duration::from_millis(1)).await;
@@ -343,6 +400,12 @@ async fn main() {
         totals.busy.load(Ordering::Relaxed),
         totals.other.load(Ordering::Relaxed),
         peak.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let [resolved, pending, batches, rows] = service_progress(http);
+    println!(
+        "  after it: resolver {resolved:.0} business events resolved, {pending:.0} traces waiting; writer {:.0} batches of {:.0} rows on average",
+        batches - batches_before,
+        (rows - rows_before) / (batches - batches_before)
     );
     sampler.abort();
     // SAFETY: signalling our own child process.
