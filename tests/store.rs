@@ -70,6 +70,24 @@ async fn migrations_apply_once_and_record_their_version() {
 }
 
 #[tokio::test]
+async fn the_tables_ingest_writes_merge_wider_parts_than_the_engine_default() {
+    let store = common::store("t_merge_width").await;
+    let engines: Vec<(String, String)> = store
+        .fetch_all(
+            "SELECT name, engine_full FROM system.tables WHERE database = 't_merge_width' \
+             AND name IN ('otel_traces', 'otel_logs', 'biz_events', 'transactions') ORDER BY name",
+        )
+        .await
+        .unwrap();
+    assert_eq!(engines.len(), 4);
+    let setting = format!("merge_selector_base = {}", waybill_store::schema::MERGE_SELECTOR_BASE);
+    for (table, engine) in &engines {
+        // The resolver's tables keep the engine's default.
+        assert_eq!(engine.contains(&setting), table != "transactions", "{table}: {engine}");
+    }
+}
+
+#[tokio::test]
 async fn concurrent_migrations_converge_on_one_schema() {
     let engine = common::engine();
     let first = Store::embedded(engine.clone(), common::target("t_concurrent"));

@@ -167,8 +167,37 @@ impl Store {
                 report.retention_changed.push(table.name);
             }
         }
+        self.widen_merges().await?;
         report.version = latest_version();
         Ok(report)
+    }
+
+    /// Sets the merge width of the tables ingest writes
+    /// ([`schema::MERGE_SELECTOR_BASE`]) where it differs. ClickHouse
+    /// servers older than 24.11 do not know the setting and keep theirs.
+    async fn widen_merges(&self) -> Result<(), StoreError> {
+        let known: Vec<String> =
+            self.fetch_all("SELECT name FROM system.merge_tree_settings WHERE name = 'merge_selector_base'").await?;
+        if known.is_empty() {
+            return Ok(());
+        }
+        let target = self.target();
+        let setting = format!("merge_selector_base = {}", schema::MERGE_SELECTOR_BASE);
+        for table in schema::INGEST_TABLES {
+            let engine_full: Vec<String> = self
+                .fetch_all(&format!(
+                    "SELECT engine_full FROM system.tables WHERE database = {} AND name = {}",
+                    quote_string(&target.database),
+                    quote_string(&target.storage_table(table))
+                ))
+                .await?;
+            if engine_full.iter().all(|e| e.contains(&setting)) {
+                continue;
+            }
+            tracing::info!(table = table.name, base = schema::MERGE_SELECTOR_BASE, "widening merges");
+            self.execute(&target.widen_merges(table)).await?;
+        }
+        Ok(())
     }
 
     /// Sets `table`'s TTL to the configured retention when it differs.
