@@ -16,7 +16,7 @@
 //! between steps.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use waybill_store::sql::quote_string;
@@ -102,14 +102,27 @@ impl Resolver {
     pub async fn run(mut self, mut notifications: mpsc::UnboundedReceiver<Vec<String>>, mut shutdown: watch::Receiver<bool>) {
         let mut pending: BTreeSet<String> = BTreeSet::new();
         let mut caught_up = false;
+        let mut deadlines_checked = Instant::now();
+        let mut step_started = Instant::now();
         loop {
-            // With traces still waiting, the next step starts at once.
-            let pause = if pending.is_empty() { self.config.resolve_interval() } else { Duration::ZERO };
+            while let Ok(traces) = notifications.try_recv() {
+                pending.extend(traces);
+            }
+            // A step per interval, or at once while a whole step's traces
+            // wait. Each step costs queries and new parts in four tables
+            // whatever its size, so while it keeps up the resolver takes
+            // few, full steps, and leaves the engine to ingest meanwhile.
+            let pause = if pending.len() >= self.config.max_traces_per_step {
+                Duration::ZERO
+            } else {
+                self.config.resolve_interval().saturating_sub(step_started.elapsed())
+            };
             let stopping = tokio::select! {
                 _ = tokio::time::sleep(pause) => false,
                 _ = shutdown.wait_for(|stop| *stop) => true,
             };
             let started = now_us();
+            step_started = Instant::now();
             while let Ok(traces) = notifications.try_recv() {
                 pending.extend(traces);
             }
@@ -150,9 +163,16 @@ impl Resolver {
                     }
                 }
             }
-            match self.advance_deadlines(now_ns()).await {
-                Ok(changed) => metrics::TRANSACTIONS_WRITTEN.inc_by(changed as u64),
-                Err(err) => tracing::warn!(error = %err, "deadlines not checked; retrying"),
+            // Once per interval: while a backlog drains, steps follow each
+            // other at once, and deadlines need no check after each.
+            if deadlines_checked.elapsed() >= self.config.resolve_interval() || pending.is_empty() {
+                match self.advance_deadlines(now_ns()).await {
+                    Ok(changed) => {
+                        metrics::TRANSACTIONS_WRITTEN.inc_by(changed as u64);
+                        deadlines_checked = Instant::now();
+                    }
+                    Err(err) => tracing::warn!(error = %err, "deadlines not checked; retrying"),
+                }
             }
             if caught_up && pending.is_empty() {
                 if let Err(err) = self.save_progress(started).await {
