@@ -101,7 +101,7 @@ impl Default for OtlpConfig {
             max_decompressed_bytes: 64 << 20,
             max_attributes_per_record: 128,
             max_attribute_value_bytes: 8192,
-            max_inflight_bytes: 24 << 20,
+            max_inflight_bytes: 12 << 20,
             sources: Vec::new(),
         }
     }
