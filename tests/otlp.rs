@@ -32,7 +32,6 @@ async fn start_with(name: &str, settings: &[(&str, &str)]) -> Service {
     let dir = work_dir(name);
     let (http, otlp, grpc, sql) = (free_port(), free_port(), free_port(), free_port());
     let child = waybill(&dir)
-        .envs(settings.iter().copied())
         .arg("serve")
         .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
         .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
@@ -42,6 +41,7 @@ async fn start_with(name: &str, settings: &[(&str, &str)]) -> Service {
         .env("WAYBILL_SQL_ENDPOINT__ENABLED", "true")
         .env("WAYBILL_SQL_ENDPOINT__LISTEN", format!("127.0.0.1:{sql}"))
         .env("WAYBILL_SQL_ENDPOINT__TOKEN", TOKEN)
+        .envs(settings.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -596,7 +596,9 @@ async fn prometheus_scrapes_the_ingest_metrics() {
 /// (here: to a second Waybill) and flushes them on shutdown.
 #[tokio::test]
 async fn waybill_exports_its_own_traces_when_asked() {
-    let receiver = start("otlp-self-receiver").await;
+    // At shutdown the traced service flushes all its spans in one request,
+    // its start-up statements included: more than this file's 64 KiB limit.
+    let receiver = start_with("otlp-self-receiver", &[("WAYBILL_OTLP__MAX_BODY_BYTES", "1048576")]).await;
     let endpoint = format!("http://{}", receiver.otlp);
     let traced = start_with("otlp-self-traced", &[("WAYBILL_TELEMETRY__OTLP_ENDPOINT", endpoint.as_str())]).await;
     let body = json_span("PO-SELF", "00000000000000f1");
