@@ -184,14 +184,7 @@ impl Store {
         let target = self.target();
         let setting = format!("merge_selector_base = {}", schema::MERGE_SELECTOR_BASE);
         for table in schema::INGEST_TABLES {
-            let engine_full: Vec<String> = self
-                .fetch_all(&format!(
-                    "SELECT engine_full FROM system.tables WHERE database = {} AND name = {}",
-                    quote_string(&target.database),
-                    quote_string(&target.storage_table(table))
-                ))
-                .await?;
-            if engine_full.iter().all(|e| e.contains(&setting)) {
+            if self.engine_full(table).await?.iter().all(|e| e.contains(&setting)) {
                 continue;
             }
             tracing::info!(table = table.name, base = schema::MERGE_SELECTOR_BASE, "widening merges");
@@ -206,19 +199,24 @@ impl Store {
         let (Some(expected), Some(alter)) = (target.ttl_expression(table), target.modify_ttl(table)) else {
             return Ok(false);
         };
-        let engine_full: Vec<String> = self
-            .fetch_all(&format!(
-                "SELECT engine_full FROM system.tables WHERE database = {} AND name = {}",
-                quote_string(&target.database),
-                quote_string(&target.storage_table(table))
-            ))
-            .await?;
-        if engine_full.iter().all(|e| e.contains(&format!("TTL {expected}"))) {
+        if self.engine_full(table).await?.iter().all(|e| e.contains(&format!("TTL {expected}"))) {
             return Ok(false);
         }
         tracing::info!(table = table.name, days = target.retention_days, "changing retention");
         self.execute(&alter).await?;
         Ok(true)
+    }
+
+    /// `table`'s engine clause with its TTL and settings, as the server
+    /// shows it.
+    async fn engine_full(&self, table: &TableDef) -> Result<Vec<String>, StoreError> {
+        let target = self.target();
+        self.fetch_all(&format!(
+            "SELECT engine_full FROM system.tables WHERE database = {} AND name = {}",
+            quote_string(&target.database),
+            quote_string(&target.storage_table(table))
+        ))
+        .await
     }
 
     /// The schema version recorded in the database (0 when none).
