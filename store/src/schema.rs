@@ -589,8 +589,8 @@ impl SchemaTarget {
 /// Parts of a size the merge selector joins at once on the tables ingest
 /// writes (`SchemaTarget::widen_merges`, applied by `Store::migrate`).
 /// Ingest writes a part per table every batch, several a second; with
-/// ClickHouse's 5 the OTLP bench held 100-290 MB more memory at the same
-/// throughput (BENCHMARKS.md).
+/// ClickHouse's 5 the OTLP bench held 56-290 MB more memory under overload
+/// at the same throughput (BENCHMARKS.md).
 pub const MERGE_SELECTOR_BASE: u32 = 20;
 
 /// The tables every ingest batch writes to.
