@@ -77,32 +77,28 @@ async fn a_resolver_remembers_across_many_steps_what_a_fresh_one_reads_from_the_
         ]
     };
     let orders = 40u64;
-    let steps = |orders: u64| -> Vec<Vec<BizEventRow>> {
-        // Step s holds stage 0 of block s, stage 1 of block s-1, and so on.
-        (0..orders / 10 + 3)
-            .map(|s| {
-                (0..4u64)
-                    .filter(|stage| s >= *stage && s - stage < orders / 10)
-                    .flat_map(|stage| (0..10).map(move |i| ((s - stage) * 10 + i, stage)))
-                    .map(|(order, stage)| stages(order)[stage as usize].clone())
-                    .collect()
-            })
-            .collect()
-    };
+    // Step s holds stage 0 of block s, stage 1 of block s-1, and so on.
+    let mut steps: Vec<Vec<BizEventRow>> = (0..orders / 10 + 3)
+        .map(|s| {
+            (0..4u64)
+                .filter(|stage| s >= *stage && s - stage < orders / 10)
+                .flat_map(|stage| (0..10).map(move |i| ((s - stage) * 10 + i, stage)))
+                .map(|(order, stage)| stages(order)[stage as usize].clone())
+                .collect()
+        })
+        .collect();
     // Late records for earlier traces: an ERP correction in each order's
     // ERP trace, long after that trace was first resolved and remembered.
-    let steps = |orders: u64| -> Vec<Vec<BizEventRow>> {
-        let mut all = steps(orders);
-        let corrections = (0..orders).map(|order| {
-            let erp = &stages(order)[1];
-            let mut late = record(&erp.trace_id, order * 10 + 9, "order.corrected", "erp", &[("order", &format!("PO-{order}"))]);
-            late.source_time_ns += 10_000_000_000;
-            late
-        });
-        all.push(corrections.collect());
-        all
-    };
-    let steps = steps(orders);
+    steps.push(
+        (0..orders)
+            .map(|order| {
+                let erp = &stages(order)[1];
+                let mut late = record(&erp.trace_id, order * 10 + 9, "order.corrected", "erp", &[("order", &format!("PO-{order}"))]);
+                late.source_time_ns += 10_000_000_000;
+                late
+            })
+            .collect(),
+    );
     let remembering = common::store("resolver_remembering").await;
     let mut resolver = Resolver::new(remembering.clone(), LineageConfig::default()).unwrap();
     for step in &steps {

@@ -105,9 +105,7 @@ impl Resolver {
         let mut deadlines_checked = Instant::now();
         let mut step_started = Instant::now();
         loop {
-            while let Ok(traces) = notifications.try_recv() {
-                pending.extend(traces);
-            }
+            take_notified(&mut notifications, &mut pending);
             // A step per interval, or at once while a whole step's traces
             // wait. Each step costs queries and new parts in four tables
             // whatever its size, so while it keeps up the resolver takes
@@ -123,9 +121,7 @@ impl Resolver {
             };
             let started = now_us();
             step_started = Instant::now();
-            while let Ok(traces) = notifications.try_recv() {
-                pending.extend(traces);
-            }
+            take_notified(&mut notifications, &mut pending);
             if pending.len() > MAX_PENDING_TRACES {
                 // Far behind: forget the names and catch up from the store
                 // (progress is not recorded while traces are pending).
@@ -617,6 +613,13 @@ fn set_evaluation(row: &mut TransactionRow, evaluation: &journey::Evaluation) {
     row.overdue_milestones = evaluation.overdue.iter().map(|o| o.0.clone()).collect();
     row.overdue_due_ns = evaluation.overdue.iter().map(|o| o.1).collect();
     row.next_due_ns = evaluation.next_due_ns;
+}
+
+/// Adds the traces the pipeline has named since the last call to `pending`.
+fn take_notified(notifications: &mut mpsc::UnboundedReceiver<Vec<String>>, pending: &mut BTreeSet<String>) {
+    while let Ok(traces) = notifications.try_recv() {
+        pending.extend(traces);
+    }
 }
 
 /// Whether any of `keys` is in `set`.

@@ -593,7 +593,7 @@ impl SchemaTarget {
 /// at the same throughput (BENCHMARKS.md).
 pub const MERGE_SELECTOR_BASE: u32 = 20;
 
-/// The tables every ingest batch writes to.
+/// The tables the ingest pipeline writes a part to with each batch.
 pub const INGEST_TABLES: &[TableDef] = &[OTEL_TRACES, OTEL_LOGS, BIZ_EVENTS];
 
 /// Tables whose retention follows `store.retention_days`.
