@@ -70,21 +70,41 @@ async fn migrations_apply_once_and_record_their_version() {
 }
 
 #[tokio::test]
-async fn the_tables_ingest_writes_merge_wider_parts_than_the_engine_default() {
-    let store = common::store("t_merge_width").await;
+async fn the_tables_ingest_writes_merge_wider_and_keep_batches_compact() {
+    let store = common::store("t_ingest_settings").await;
     let engines: Vec<(String, String)> = store
         .fetch_all(
-            "SELECT name, engine_full FROM system.tables WHERE database = 't_merge_width' \
+            "SELECT name, engine_full FROM system.tables WHERE database = 't_ingest_settings' \
              AND name IN ('otel_traces', 'otel_logs', 'biz_events', 'transactions') ORDER BY name",
         )
         .await
         .unwrap();
     assert_eq!(engines.len(), 4);
-    let setting = format!("merge_selector_base = {}", waybill_store::schema::MERGE_SELECTOR_BASE);
-    for (table, engine) in &engines {
-        // The resolver's tables keep the engine's default.
-        assert_eq!(engine.contains(&setting), table != "transactions", "{table}: {engine}");
+    for (name, value) in waybill_store::schema::INGEST_TABLE_SETTINGS {
+        let setting = format!("{name} = {value}");
+        for (table, engine) in &engines {
+            // The resolver's tables keep the engine's defaults.
+            assert_eq!(engine.contains(&setting), table != "transactions", "{table}: {engine}");
+        }
     }
+    // A full batch of spans is one compact part.
+    let spans: Vec<SpanRow> = (0..20_000).map(rows::span).collect();
+    store.insert_spans(&spans).await.unwrap();
+    let parts: Vec<(String, u64)> = store
+        .fetch_all("SELECT part_type, rows FROM system.parts WHERE database = 't_ingest_settings' AND table = 'otel_traces' AND active")
+        .await
+        .unwrap();
+    assert_eq!(parts, vec![("Compact".to_owned(), 20_000)]);
+    // Migrating again changes nothing.
+    store.migrate().await.unwrap();
+    let again: Vec<(String, String)> = store
+        .fetch_all(
+            "SELECT name, engine_full FROM system.tables WHERE database = 't_ingest_settings' \
+             AND name IN ('otel_traces', 'otel_logs', 'biz_events', 'transactions') ORDER BY name",
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, engines);
 }
 
 #[tokio::test]

@@ -167,28 +167,31 @@ impl Store {
                 report.retention_changed.push(table.name);
             }
         }
-        self.widen_merges().await?;
+        self.tune_ingest_tables().await?;
         report.version = latest_version();
         Ok(report)
     }
 
-    /// Sets the merge width of the tables ingest writes
-    /// ([`schema::MERGE_SELECTOR_BASE`]) where it differs. ClickHouse
-    /// servers older than 24.11 do not know the setting and keep theirs.
-    async fn widen_merges(&self) -> Result<(), StoreError> {
+    /// Sets [`schema::INGEST_TABLE_SETTINGS`] on the tables ingest writes
+    /// where they differ; a setting the server does not know is left out.
+    async fn tune_ingest_tables(&self) -> Result<(), StoreError> {
+        let names: Vec<String> = schema::INGEST_TABLE_SETTINGS.iter().map(|(name, _)| quote_string(name)).collect();
         let known: Vec<String> =
-            self.fetch_all("SELECT name FROM system.merge_tree_settings WHERE name = 'merge_selector_base'").await?;
-        if known.is_empty() {
-            return Ok(());
-        }
+            self.fetch_all(&format!("SELECT name FROM system.merge_tree_settings WHERE name IN ({})", names.join(", "))).await?;
         let target = self.target();
-        let setting = format!("merge_selector_base = {}", schema::MERGE_SELECTOR_BASE);
         for table in schema::INGEST_TABLES {
-            if self.engine_full(table).await?.iter().all(|e| e.contains(&setting)) {
+            let engine = self.engine_full(table).await?;
+            let missing: Vec<String> = schema::INGEST_TABLE_SETTINGS
+                .iter()
+                .filter(|(name, _)| known.iter().any(|k| k == name))
+                .map(|(name, value)| format!("{name} = {value}"))
+                .filter(|setting| !engine.iter().all(|e| e.contains(setting.as_str())))
+                .collect();
+            if missing.is_empty() {
                 continue;
             }
-            tracing::info!(table = table.name, base = schema::MERGE_SELECTOR_BASE, "widening merges");
-            self.execute(&target.widen_merges(table)).await?;
+            tracing::info!(table = table.name, settings = %missing.join(", "), "tuning parts and merges");
+            self.execute(&target.modify_settings(table, &missing)).await?;
         }
         Ok(())
     }

@@ -573,25 +573,36 @@ impl SchemaTarget {
         ))
     }
 
-    /// Lets the merge selector join about [`MERGE_SELECTOR_BASE`] parts of
-    /// a size at once instead of ClickHouse's 5, so each row of a table
-    /// that ingest writes many small parts to is rewritten fewer times.
-    pub fn widen_merges(&self, table: &TableDef) -> String {
+    /// Sets `settings` (`name = value`) on `table`.
+    pub fn modify_settings(&self, table: &TableDef, settings: &[String]) -> String {
         format!(
-            "ALTER TABLE {}.{}{} MODIFY SETTING merge_selector_base = {MERGE_SELECTOR_BASE}",
+            "ALTER TABLE {}.{}{} MODIFY SETTING {}",
             self.db(),
             quote_identifier(&self.storage_table(table)),
-            self.on_cluster()
+            self.on_cluster(),
+            settings.join(", ")
         )
     }
 }
 
 /// Parts of a size the merge selector joins at once on the tables ingest
-/// writes (`SchemaTarget::widen_merges`, applied by `Store::migrate`).
-/// Ingest writes a part per table every batch, several a second; with
-/// ClickHouse's 5 the OTLP bench held 56-290 MB more memory under overload
-/// at the same throughput (BENCHMARKS.md).
-pub const MERGE_SELECTOR_BASE: u32 = 20;
+/// writes, instead of ClickHouse's 5. Ingest writes a part per table every
+/// batch, several a second; with 5 the OTLP bench held 56-290 MB more
+/// memory under overload at the same throughput (BENCHMARKS.md).
+pub const MERGE_SELECTOR_BASE: u64 = 20;
+
+/// Parts of fewer rows are written compact (one file for all columns)
+/// on the tables ingest writes. ClickHouse's own threshold is 10 MiB
+/// uncompressed, which a batch of about 10,000 spans passes; each such part
+/// of `otel_traces` is then some 140 files, and creating and deleting them
+/// cost the OTLP bench's service a fifth of its CPU in the kernel
+/// (BENCHMARKS.md). Five full batches: merges still write wide parts.
+pub const WIDE_PART_MIN_ROWS: u64 = 100_000;
+
+/// Settings of the tables ingest writes, applied by `Store::migrate` where
+/// the server knows them (`merge_selector_base` since ClickHouse 24.11).
+pub const INGEST_TABLE_SETTINGS: &[(&str, u64)] =
+    &[("merge_selector_base", MERGE_SELECTOR_BASE), ("min_rows_for_wide_part", WIDE_PART_MIN_ROWS)];
 
 /// The tables the ingest pipeline writes a part to with each batch.
 pub const INGEST_TABLES: &[TableDef] = &[OTEL_TRACES, OTEL_LOGS, BIZ_EVENTS];
