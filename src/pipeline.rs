@@ -457,7 +457,13 @@ fn hex_id(bytes: &[u8]) -> String {
     if bytes.iter().all(|&b| b == 0) {
         return String::new();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        hex.push(DIGITS[usize::from(b >> 4)] as char);
+        hex.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    hex
 }
 
 /// The exporter's `SpanKindStr` / pdata `SpanKind.String()`.
@@ -705,6 +711,7 @@ mod tests {
     #[test]
     fn ids_are_lowercase_hex_and_empty_when_zero() {
         assert_eq!(hex_id(&[0xAB, 0x01]), "ab01");
+        assert_eq!(hex_id(&[0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF]), "0123456789abcdef");
         assert_eq!(hex_id(&[0; 8]), "");
         assert_eq!(hex_id(&[]), "");
         assert_eq!(span_kind(2), "Server");
