@@ -19,7 +19,7 @@ use common::{env_or, fresh_engine, migrated_store};
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -205,23 +205,119 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// From the service's `/metrics`: business events resolved so far, traces
-/// waiting for the resolver, and the writer's batches and rows so far.
-fn service_progress(http: u16) -> [f64; 4] {
+/// What the service's `/metrics` say so far.
+#[derive(Clone, Copy, Default)]
+struct Progress {
+    /// Business events resolved, and traces waiting for the resolver.
+    resolved: f64,
+    pending: f64,
+    /// The writer's batches and the records in them.
+    batches: f64,
+    rows: f64,
+    /// Seconds in INSERTs into otel_traces and biz_events, and in resolve steps.
+    span_inserts: f64,
+    business_inserts: f64,
+    resolve_steps: f64,
+    steps: f64,
+}
+
+fn service_progress(http: u16) -> Progress {
     let mut answer = String::new();
     if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", http)) {
         let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
     }
     let value = |name: &str| {
-        answer.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(f64::NAN)
+        // A labelled series appears with its first observation.
+        answer.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(0.0)
     };
-    [
-        value("waybill_lineage_resolved_events_total"),
-        value("waybill_lineage_pending_traces"),
-        value("waybill_pipeline_batch_records_count"),
-        value("waybill_pipeline_batch_records_sum"),
-    ]
+    Progress {
+        resolved: value("waybill_lineage_resolved_events_total"),
+        pending: value("waybill_lineage_pending_traces"),
+        batches: value("waybill_pipeline_batch_records_count"),
+        rows: value("waybill_pipeline_batch_records_sum"),
+        span_inserts: value("waybill_store_insert_duration_seconds_sum{table=\"otel_traces\"}"),
+        business_inserts: value("waybill_store_insert_duration_seconds_sum{table=\"biz_events\"}"),
+        resolve_steps: value("waybill_lineage_resolve_duration_seconds_sum"),
+        steps: value("waybill_lineage_resolve_duration_seconds_count"),
+    }
+}
+
+/// Prints what the service did in a phase of `elapsed` that ended at `now`
+/// and began at `before`.
+fn print_progress(before: Progress, now: Progress, elapsed: Duration) {
+    println!(
+        "  after it: resolver {:.0} business events resolved, {:.0} traces waiting; writer {:.0} batches of {:.0} rows on average",
+        now.resolved,
+        now.pending,
+        now.batches - before.batches,
+        (now.rows - before.rows) / (now.batches - before.batches)
+    );
+    println!(
+        "  of its {:.1} s: {:.1} s inserting spans, {:.1} s inserting business rows, {:.1} s in {:.0} resolve steps",
+        elapsed.as_secs_f64(),
+        now.span_inserts - before.span_inserts,
+        now.business_inserts - before.business_inserts,
+        now.resolve_steps - before.resolve_steps,
+        now.steps - before.steps
+    );
+}
+
+/// Order lookups through the JSON API beside a load phase.
+struct Lookups {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Duration>>,
+}
+
+impl Lookups {
+    /// Looks up one of orders `PO-0` .. `PO-{orders - 1}` every 50 ms, as a
+    /// person on the pages would, until finished.
+    fn start(http: u16, orders: u64) -> Lookups {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut latencies = Vec::new();
+                let mut n: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let order = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % orders.max(1);
+                    let started = Instant::now();
+                    let status = get(http, &format!("/api/v1/transactions?key=PO-{order}")).await;
+                    assert_eq!(status, 200, "lookup of PO-{order}");
+                    latencies.push(started.elapsed());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                latencies
+            }
+        });
+        Lookups { stop, task }
+    }
+
+    /// Stops the lookups; their latencies, to print.
+    async fn finish(self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut latencies = self.task.await.unwrap();
+        latencies.sort();
+        let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        let at = |q: f64| ms(latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))));
+        format!(
+            "  {} order lookups beside it (GET /api/v1/transactions?key=...): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            latencies.len(),
+            at(0.5),
+            at(0.99),
+            ms(latencies.last())
+        )
+    }
+}
+
+/// The status of a GET on the service's web port.
+async fn get(http: u16, path: &str) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", http)).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 /// Totals of one load phase.
@@ -432,7 +528,13 @@ async fn main() {
     let overload = Arc::new(bodies[half..].to_vec());
     drop(bodies);
 
+    // Lookups ask for orders of the phase's first requests, then for
+    // orders the sustained phase stored.
+    let orders_per_request = (SPANS_PER_REQUEST / (4 * per_service)) as u64;
+    let started = service_progress(http);
+    let lookups = Lookups::start(http, 32 * orders_per_request);
     let (totals, elapsed) = load(addr, sustained, connections, seconds, Duration::from_millis(20)).await;
+    let sustained_lookups = lookups.finish().await;
     let rate = totals.acked_spans.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
     println!(
         "sustained, {connections} connections: {} spans acknowledged in {:.1} s = {rate:.0} spans/s; 429: {}, other errors: {}; peak RSS {:.0} MB",
@@ -442,14 +544,14 @@ async fn main() {
         totals.other.load(Ordering::Relaxed),
         peak.load(Ordering::Relaxed) as f64 / 1e6
     );
-    let [resolved, pending, batches_before, rows_before] = service_progress(http);
-    println!(
-        "  after it: resolver {resolved:.0} business events resolved, {pending:.0} traces waiting; writer {batches_before:.0} batches of {:.0} rows on average",
-        rows_before / batches_before
-    );
+    let after_sustained = service_progress(http);
+    print_progress(started, after_sustained, elapsed);
+    println!("{sustained_lookups}");
 
     peak.store(0, Ordering::Relaxed);
+    let lookups = Lookups::start(http, half as u64 * orders_per_request);
     let (totals, elapsed) = load(addr, overload, overload_connections, seconds, Duration::from_millis(1)).await;
+    let overload_lookups = lookups.finish().await;
     let overload_rate = totals.acked_spans.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
     println!(
         "overload, {overload_connections} connections resending at once on 429: {overload_rate:.0} spans/s acknowledged; 429 answers: {}; other errors: {}; peak RSS {:.0} MB",
@@ -457,12 +559,8 @@ async fn main() {
         totals.other.load(Ordering::Relaxed),
         peak.load(Ordering::Relaxed) as f64 / 1e6
     );
-    let [resolved, pending, batches, rows] = service_progress(http);
-    println!(
-        "  after it: resolver {resolved:.0} business events resolved, {pending:.0} traces waiting; writer {:.0} batches of {:.0} rows on average",
-        batches - batches_before,
-        (rows - rows_before) / (batches - batches_before)
-    );
+    print_progress(after_sustained, service_progress(http), elapsed);
+    println!("{overload_lookups}");
     sampler.abort();
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
