@@ -24,7 +24,10 @@
 //! (1,000,000), BENCH_LOOKUPS (2000), BENCH_STEP_EVENTS (business events per
 //! resolve step, 100,000 = 1 s at 100k spans/s), BENCH_STEPS (steady-state
 //! resolve steps, 3), BENCH_STEP_TRACES (the service loop's
-//! `lineage.max_traces_per_step`, default 5000). Figures are in BENCHMARKS.md.
+//! `lineage.max_traces_per_step`, default 5000), BENCH_BACKGROUND_LOOKUPS
+//! (1: lookups beside the resolver wait their turn on the engine like
+//! background work, as before the pages had interactive turns). Figures are
+//! in BENCHMARKS.md.
 
 mod common;
 use common::{env_or, fresh_engine, now_ns};
@@ -581,11 +584,13 @@ async fn replay_inserts(store: &Store, blocks: &[Vec<Flow>], step: &ResolveStep,
 }
 
 /// Calls `by_key` for a random stored order every 20 ms, as a user of the
-/// pages would, until the flag is set; returns the latencies.
+/// pages would (with the pages' interactive turns on the engine, unless
+/// BENCH_BACKGROUND_LOOKUPS=1), until the flag is set; returns the latencies.
 fn lookups_beside(store: &Store, total: u64, now: i64, seed: u64) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Vec<(Instant, Duration)>>) {
     let stop = Arc::new(AtomicBool::new(false));
+    let store = if env_or("BENCH_BACKGROUND_LOOKUPS", 0) == 1 { store.clone() } else { store.interactive() };
     let task = tokio::spawn({
-        let (store, stop) = (store.clone(), stop.clone());
+        let (store, stop) = (store, stop.clone());
         async move {
             let mut latencies = Vec::new();
             let mut seed = seed;

@@ -47,7 +47,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::pipeline::register_metrics();
     waybill_lineage::resolve::register_metrics();
     waybill_alerts::evaluator::register_metrics();
-    let dashboards = waybill_dashboards::Dashboards::new(store.clone(), alerts.clone(), config.dashboards.clone()).map_err(anyhow::Error::msg)?;
+    // People wait on pages and the JSON API: their queries go first.
+    let dashboards = waybill_dashboards::Dashboards::new(store.interactive(), alerts.clone(), config.dashboards.clone()).map_err(anyhow::Error::msg)?;
     // Pages and the JSON API sit behind sign-in; health and metrics do not.
     let app = Router::new()
         .route("/healthz", get(healthz))

@@ -1,5 +1,7 @@
 //! The embedded ClickHouse engine: chDB's C library (`libchdb.so`) loaded at
-//! run time, one connection per process, every call serialized behind a mutex.
+//! run time, one connection per process, one call at a time. Calls for a
+//! person waiting on a page go before background calls that wait
+//! ([`Priority`]).
 //!
 //! chDB keeps one session per process: the current database is session state,
 //! so [`Engine::query`] switches it under the same lock as the query itself.
@@ -8,7 +10,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 /// The chDB release this build is tested with; `scripts/fetch-engine.sh`
 /// fetches the same one.
@@ -187,7 +189,74 @@ pub struct Engine {
 struct EngineInner {
     api: &'static Api,
     data_dir: PathBuf,
+    turns: Turns,
     session: Mutex<Option<Session>>,
+}
+
+/// Whose call it is. The engine runs one call at a time, so a lookup
+/// waits for the call running; interactive calls also go before every
+/// background call waiting with them, so a page does not queue behind a
+/// backlog of ingest batches and resolve steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Ingest, lineage, alerts, migrations, and users' own SQL.
+    #[default]
+    Background,
+    /// Waybill's pages and JSON API.
+    Interactive,
+}
+
+/// The queue for the engine: who runs, and who waits.
+#[derive(Default)]
+struct Turns {
+    state: Mutex<TurnState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct TurnState {
+    running: bool,
+    interactive_waiting: usize,
+    background_waiting: usize,
+}
+
+/// The right to call the engine, given back when dropped.
+struct Turn<'a>(&'a Turns);
+
+impl Turns {
+    fn lock(&self) -> MutexGuard<'_, TurnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until no call runs and, for a background call, no interactive
+    /// call waits.
+    fn take(&self, priority: Priority) -> Turn<'_> {
+        let mut state = self.lock();
+        let interactive = priority == Priority::Interactive;
+        if interactive {
+            state.interactive_waiting += 1;
+        } else {
+            state.background_waiting += 1;
+        }
+        while state.running || (!interactive && state.interactive_waiting > 0) {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if interactive {
+            state.interactive_waiting -= 1;
+        } else {
+            state.background_waiting -= 1;
+        }
+        state.running = true;
+        Turn(self)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.lock().running = false;
+        // Every waiter checks again: an interactive one may be among them.
+        self.0.changed.notify_all();
+    }
 }
 
 /// The one engine of this process, kept so a second `open` on the same
@@ -225,6 +294,7 @@ impl Engine {
             inner: Arc::new(EngineInner {
                 api,
                 data_dir,
+                turns: Turns::default(),
                 session: Mutex::new(Some(Session { conn, current_database: None })),
             }),
         };
@@ -241,8 +311,16 @@ impl Engine {
         &self.inner.data_dir
     }
 
-    /// Runs one query and returns its whole output. Blocks the calling thread.
+    /// Runs one query and returns its whole output, as background work.
+    /// Blocks the calling thread.
     pub fn query(&self, query: EngineQuery<'_>) -> Result<QueryOutput, EngineError> {
+        self.query_as(Priority::Background, query)
+    }
+
+    /// Runs one query in its turn for `priority` and returns its whole
+    /// output. Blocks the calling thread.
+    pub fn query_as(&self, priority: Priority, query: EngineQuery<'_>) -> Result<QueryOutput, EngineError> {
+        let _turn = self.inner.turns.take(priority);
         let mut guard = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
         let session = guard.as_mut().ok_or(EngineError::Closed)?;
         if let Some(database) = query.database {
@@ -401,6 +479,42 @@ mod tests {
         assert!(text.contains("scripts/fetch-engine.sh"), "{text}");
         assert!(text.contains("/nonexistent/libchdb.so"), "{text}");
         assert!(text.contains(CHDB_VERSION.trim()), "{text}");
+    }
+
+    #[test]
+    fn an_interactive_call_goes_before_the_background_calls_waiting_with_it() {
+        let turns = Arc::new(Turns::default());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let waiting = |background: usize, interactive: usize| loop {
+            let state = turns.lock();
+            if state.background_waiting == background && state.interactive_waiting == interactive {
+                return;
+            }
+            drop(state);
+            std::thread::yield_now();
+        };
+        let call = |priority: Priority, name: String| {
+            let (turns, order) = (turns.clone(), order.clone());
+            std::thread::spawn(move || {
+                let _turn = turns.take(priority);
+                order.lock().unwrap().push(name);
+            })
+        };
+        let running = turns.take(Priority::Background);
+        let mut calls = Vec::new();
+        for i in 1..=6 {
+            calls.push(call(Priority::Background, format!("background {i}")));
+            waiting(i, 0);
+        }
+        calls.push(call(Priority::Interactive, "interactive".into()));
+        waiting(6, 1);
+        drop(running);
+        for call in calls {
+            call.join().unwrap();
+        }
+        let order = order.lock().unwrap();
+        assert_eq!(order.len(), 7);
+        assert_eq!(order[0], "interactive", "{order:?}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 
-use crate::engine::{Engine, EngineError, EngineQuery, QueryOutput};
+use crate::engine::{Engine, EngineError, EngineQuery, Priority, QueryOutput};
 use crate::sql;
 
 /// Who may do what on one instance of the interface.
@@ -33,6 +33,11 @@ pub enum Access {
     /// executed with `readonly = 1`, and only with the token.
     ReadOnly { token: String },
 }
+
+/// Request header by which the store's own client asks for an interactive
+/// turn on the engine (`Priority::Interactive`); ignored on the read-only
+/// endpoint, whose users' queries wait their turn like background work.
+pub const PRIORITY_HEADER: &str = "x-waybill-priority";
 
 /// Largest request body the in-process client may send (one insert batch).
 pub const READ_WRITE_BODY_LIMIT: usize = 1 << 30;
@@ -468,6 +473,7 @@ async fn execute(
         }
     };
 
+    let priority = priority_of(&state.access, headers);
     let database = request.database.clone().unwrap_or_else(|| "default".to_owned());
     let engine = state.engine.clone();
     let spool_dir = state.spool_dir.clone();
@@ -479,7 +485,7 @@ async fn execute(
                 .and_then(|()| write_parts(path, data))
                 .map_err(|e| ChError::new(1001, "STD_EXCEPTION", format_args!("cannot spool insert data to {}: {e}", path.display())))?;
         }
-        let result = engine.query(EngineQuery {
+        let result = engine.query_as(priority, EngineQuery {
             sql: &sql_text,
             format: &engine_format,
             database: Some(&database),
@@ -512,6 +518,15 @@ async fn execute(
         headers.insert("X-ClickHouse-Summary", value);
     }
     Ok(response)
+}
+
+/// The engine turn a request asks for: interactive only when the store's
+/// own client says so.
+fn priority_of(access: &Access, headers: &HeaderMap) -> Priority {
+    match access {
+        Access::ReadWrite if headers.get(PRIORITY_HEADER).is_some_and(|v| v == "interactive") => Priority::Interactive,
+        _ => Priority::Background,
+    }
 }
 
 /// Runs `work` with the engine on a blocking thread.
@@ -614,6 +629,16 @@ mod tests {
 
     fn denied() -> HashSet<String> {
         ["file", "url", "remote", "filesystem", "executable"].iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_the_stores_own_client_gets_interactive_turns() {
+        let mut asking = HeaderMap::new();
+        asking.insert(PRIORITY_HEADER, HeaderValue::from_static("interactive"));
+        let read_only = Access::ReadOnly { token: "t".repeat(16) };
+        assert_eq!(priority_of(&Access::ReadWrite, &asking), Priority::Interactive);
+        assert_eq!(priority_of(&Access::ReadWrite, &HeaderMap::new()), Priority::Background);
+        assert_eq!(priority_of(&read_only, &asking), Priority::Background);
     }
 
     #[test]

@@ -91,6 +91,14 @@ impl Store {
         Store { client, engine: None, target }
     }
 
+    /// The same store for Waybill's pages and JSON API: on the embedded
+    /// engine its calls go before background calls waiting for their turn
+    /// (`engine::Priority`). A ClickHouse server ignores the header.
+    pub fn interactive(&self) -> Store {
+        let client = self.client.clone().with_header(http_interface::PRIORITY_HEADER, "interactive");
+        Store { client, engine: self.engine.clone(), target: self.target.clone() }
+    }
+
     /// The client, with Waybill's database selected.
     pub fn client(&self) -> &Client {
         &self.client
