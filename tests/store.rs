@@ -72,13 +72,14 @@ async fn migrations_apply_once_and_record_their_version() {
 #[tokio::test]
 async fn the_tables_ingest_writes_merge_wider_and_keep_batches_compact() {
     let store = common::store("t_ingest_settings").await;
-    let engines: Vec<(String, String)> = store
-        .fetch_all(
+    // Each table's engine clause with its settings, as the engine shows it.
+    let engine_clauses = || {
+        store.fetch_all::<(String, String)>(
             "SELECT name, engine_full FROM system.tables WHERE database = 't_ingest_settings' \
              AND name IN ('otel_traces', 'otel_logs', 'biz_events', 'transactions') ORDER BY name",
         )
-        .await
-        .unwrap();
+    };
+    let engines = engine_clauses().await.unwrap();
     assert_eq!(engines.len(), 4);
     for (name, value) in waybill_store::schema::INGEST_TABLE_SETTINGS {
         let setting = format!("{name} = {value}");
@@ -97,14 +98,7 @@ async fn the_tables_ingest_writes_merge_wider_and_keep_batches_compact() {
     assert_eq!(parts, vec![("Compact".to_owned(), 20_000)]);
     // Migrating again changes nothing.
     store.migrate().await.unwrap();
-    let again: Vec<(String, String)> = store
-        .fetch_all(
-            "SELECT name, engine_full FROM system.tables WHERE database = 't_ingest_settings' \
-             AND name IN ('otel_traces', 'otel_logs', 'biz_events', 'transactions') ORDER BY name",
-        )
-        .await
-        .unwrap();
-    assert_eq!(again, engines);
+    assert_eq!(engine_clauses().await.unwrap(), engines);
 }
 
 #[tokio::test]
