@@ -194,9 +194,11 @@ struct EngineInner {
 }
 
 /// Whose call it is. The engine runs one call at a time, so a lookup
-/// waits for the call running; interactive calls also go before every
-/// background call waiting with them, so a page does not queue behind a
-/// backlog of ingest batches and resolve steps.
+/// waits for the call running; interactive calls also go before the
+/// background calls waiting with them, so a page does not queue behind a
+/// backlog of ingest batches and resolve steps. After
+/// [`INTERACTIVE_STREAK`] interactive turns in a row a waiting background
+/// call has its turn, so busy pages cannot stall ingest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Priority {
     /// Ingest, lineage, alerts, migrations, and users' own SQL.
@@ -205,6 +207,9 @@ pub enum Priority {
     /// Waybill's pages and JSON API.
     Interactive,
 }
+
+/// Interactive turns in a row before a waiting background call goes.
+pub const INTERACTIVE_STREAK: usize = 4;
 
 /// The queue for the engine: who runs, and who waits.
 #[derive(Default)]
@@ -218,6 +223,23 @@ struct TurnState {
     running: bool,
     interactive_waiting: usize,
     background_waiting: usize,
+    /// Interactive turns since the last background one.
+    interactive_streak: usize,
+}
+
+impl TurnState {
+    /// Whether a call of this kind may run now.
+    fn may_run(&self, interactive: bool) -> bool {
+        if self.running {
+            return false;
+        }
+        let background_owed = self.background_waiting > 0 && self.interactive_streak >= INTERACTIVE_STREAK;
+        if interactive {
+            !background_owed
+        } else {
+            self.interactive_waiting == 0 || background_owed
+        }
+    }
 }
 
 /// The right to call the engine, given back when dropped.
@@ -229,7 +251,7 @@ impl Turns {
     }
 
     /// Waits until no call runs and, for a background call, no interactive
-    /// call waits.
+    /// call waits (or the interactive streak is over).
     fn take(&self, priority: Priority) -> Turn<'_> {
         let mut state = self.lock();
         let interactive = priority == Priority::Interactive;
@@ -238,13 +260,15 @@ impl Turns {
         } else {
             state.background_waiting += 1;
         }
-        while state.running || (!interactive && state.interactive_waiting > 0) {
+        while !state.may_run(interactive) {
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         if interactive {
             state.interactive_waiting -= 1;
+            state.interactive_streak += 1;
         } else {
             state.background_waiting -= 1;
+            state.interactive_streak = 0;
         }
         state.running = true;
         Turn(self)
@@ -481,40 +505,58 @@ mod tests {
         assert!(text.contains(CHDB_VERSION.trim()), "{text}");
     }
 
-    #[test]
-    fn an_interactive_call_goes_before_the_background_calls_waiting_with_it() {
+    /// The order in which `calls` get their turns when they all wait, in
+    /// this order, for a call that is running.
+    fn turn_order(calls: &[(Priority, &str)]) -> Vec<String> {
         let turns = Arc::new(Turns::default());
         let order = Arc::new(Mutex::new(Vec::new()));
-        let waiting = |background: usize, interactive: usize| loop {
-            let state = turns.lock();
-            if state.background_waiting == background && state.interactive_waiting == interactive {
-                return;
-            }
-            drop(state);
-            std::thread::yield_now();
-        };
-        let call = |priority: Priority, name: String| {
-            let (turns, order) = (turns.clone(), order.clone());
-            std::thread::spawn(move || {
-                let _turn = turns.take(priority);
-                order.lock().unwrap().push(name);
-            })
-        };
         let running = turns.take(Priority::Background);
-        let mut calls = Vec::new();
-        for i in 1..=6 {
-            calls.push(call(Priority::Background, format!("background {i}")));
-            waiting(i, 0);
+        let mut threads = Vec::new();
+        let (mut background, mut interactive) = (0, 0);
+        for &(priority, name) in calls {
+            let (waiter, order, name) = (turns.clone(), order.clone(), name.to_owned());
+            threads.push(std::thread::spawn(move || {
+                let _turn = waiter.take(priority);
+                order.lock().unwrap().push(name);
+            }));
+            match priority {
+                Priority::Background => background += 1,
+                Priority::Interactive => interactive += 1,
+            }
+            // Wait until this call waits too.
+            loop {
+                let state = turns.lock();
+                if state.background_waiting == background && state.interactive_waiting == interactive {
+                    break;
+                }
+                drop(state);
+                std::thread::yield_now();
+            }
         }
-        calls.push(call(Priority::Interactive, "interactive".into()));
-        waiting(6, 1);
         drop(running);
-        for call in calls {
-            call.join().unwrap();
+        for thread in threads {
+            thread.join().unwrap();
         }
-        let order = order.lock().unwrap();
+        let order = order.lock().unwrap().clone();
+        order
+    }
+
+    #[test]
+    fn an_interactive_call_goes_before_the_background_calls_waiting_with_it() {
+        let mut calls: Vec<(Priority, &str)> = ["b1", "b2", "b3", "b4", "b5", "b6"].iter().map(|n| (Priority::Background, *n)).collect();
+        calls.push((Priority::Interactive, "page"));
+        let order = turn_order(&calls);
         assert_eq!(order.len(), 7);
-        assert_eq!(order[0], "interactive", "{order:?}");
+        assert_eq!(order[0], "page", "{order:?}");
+    }
+
+    #[test]
+    fn a_background_call_goes_after_a_streak_of_interactive_turns() {
+        let mut calls = vec![(Priority::Background, "batch")];
+        calls.extend(["p1", "p2", "p3", "p4", "p5", "p6"].iter().map(|n| (Priority::Interactive, *n)));
+        let order = turn_order(&calls);
+        // The pages may go in any order among themselves; the batch goes fifth.
+        assert_eq!(order.iter().position(|n| n == "batch"), Some(INTERACTIVE_STREAK), "{order:?}");
     }
 
     #[test]
