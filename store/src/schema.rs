@@ -593,10 +593,11 @@ pub const MERGE_SELECTOR_BASE: u64 = 20;
 
 /// Parts of fewer rows are written compact (one file for all columns)
 /// on the tables ingest writes. ClickHouse's own threshold is 10 MiB
-/// uncompressed, which a batch of about 10,000 spans passes; each such part
-/// of `otel_traces` is then some 140 files, and creating them took 27 % of
-/// the OTLP bench's service CPU, in the kernel (16 % with compact parts;
-/// BENCHMARKS.md). Five full batches: merges still write wide parts.
+/// uncompressed, which a batch passes somewhere between 10,000 and 20,000
+/// spans; each such part of `otel_traces` is then some 140 files, and
+/// creating them took 27 % of the OTLP bench's service CPU, in the kernel
+/// (16 % with compact parts; BENCHMARKS.md). Five full batches: merges
+/// still write wide parts.
 pub const WIDE_PART_MIN_ROWS: u64 = 100_000;
 
 /// Settings of the tables ingest writes, applied by `Store::migrate` where
