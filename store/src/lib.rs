@@ -93,8 +93,12 @@ impl Store {
 
     /// The same store for Waybill's pages and JSON API: on the embedded
     /// engine its calls go before background calls waiting for their turn
-    /// (`engine::Priority`). A ClickHouse server ignores the header.
+    /// (`engine::Priority`). A ClickHouse server has its own scheduling and
+    /// gets the same requests as before.
     pub fn interactive(&self) -> Store {
+        if self.engine.is_none() {
+            return self.clone();
+        }
         let client = self.client.clone().with_header(http_interface::PRIORITY_HEADER, "interactive");
         Store { client, engine: self.engine.clone(), target: self.target.clone() }
     }
