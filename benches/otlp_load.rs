@@ -127,6 +127,11 @@ fn request(batch: u64, now_ns: u64, business_every: u64, per_service: usize) -> 
     ExportTraceServiceRequest { resource_spans }
 }
 
+/// Runs `sql` on `engine`; its output as RowBinary.
+fn run(engine: &waybill_store::Engine, sql: &str) -> Vec<u8> {
+    engine.query(EngineQuery { sql, format: "RowBinary", database: None, params: &[] }).unwrap().data
+}
+
 /// The rows the service writes for the load, as the engine's own RowBinary
 /// in batches of 20,000 spans: span files, and the business rows of the
 /// same batches.
@@ -149,7 +154,7 @@ async fn raw_rows(dir: &std::path::Path, files: &std::path::Path, spans: &[waybi
         (0..chunks)
             .map(|i| {
                 let sql = format!("SELECT * FROM raw.{table} ORDER BY {order} LIMIT {per_chunk} OFFSET {}", i * per_chunk);
-                let data = engine.query(EngineQuery { sql: &sql, format: "RowBinary", database: None, params: &[] }).unwrap().data;
+                let data = run(&engine, &sql);
                 let path = std::fs::canonicalize(files).unwrap().join(format!("{table}-{i}.rowbinary"));
                 std::fs::write(&path, data).unwrap();
                 path
@@ -177,14 +182,14 @@ async fn raw_engine_rates(dir: &std::path::Path, rows: &RawRows) -> (f64, f64) {
             path.display(),
             path.display()
         );
-        engine.query(EngineQuery { sql: &sql, format: "RowBinary", database: None, params: &[] }).unwrap();
+        run(&engine, &sql);
     };
     let start = Instant::now();
     for path in &rows.span_files {
         load("otel_traces", path, "alone");
     }
     let spans_alone = rows.spans as f64 / start.elapsed().as_secs_f64();
-    engine.query(EngineQuery { sql: "TRUNCATE TABLE raw.otel_traces", format: "RowBinary", database: None, params: &[] }).unwrap();
+    run(&engine, "TRUNCATE TABLE raw.otel_traces");
     let start = Instant::now();
     for (span_file, business_file) in rows.span_files.iter().zip(&rows.business_files) {
         load("biz_events", business_file, "same");
@@ -221,12 +226,8 @@ struct Progress {
     steps: f64,
 }
 
-fn service_progress(http: u16) -> Progress {
-    let mut answer = String::new();
-    if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", http)) {
-        let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
-    }
+async fn service_progress(http: u16) -> Progress {
+    let answer = get(http, "/metrics").await.map(|(_, answer)| answer).unwrap_or_default();
     let value = |name: &str| {
         // A labelled series appears with its first observation.
         answer.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(0.0)
@@ -283,8 +284,8 @@ impl Lookups {
                     n += 1;
                     let order = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % orders.max(1);
                     let started = Instant::now();
-                    let status = get(http, &format!("/api/v1/transactions?key=PO-{order}")).await;
-                    assert_eq!(status, 200, "lookup of PO-{order}");
+                    let status = get(http, &format!("/api/v1/transactions?key=PO-{order}")).await.map(|(status, _)| status);
+                    assert_eq!(status.ok(), Some(200), "lookup of PO-{order}");
                     latencies.push(started.elapsed());
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -311,13 +312,15 @@ impl Lookups {
     }
 }
 
-/// The status of a GET on the service's web port.
-async fn get(http: u16, path: &str) -> u16 {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", http)).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+/// A GET on the service's web port: the status and the whole answer.
+async fn get(http: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", http)).await?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    String::from_utf8_lossy(&answer).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    stream.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, answer))
 }
 
 /// Totals of one load phase.
@@ -499,13 +502,7 @@ async fn main() {
     let _stop_on_panic = KillOnDrop(pid);
     let ready = Instant::now();
     loop {
-        let ok = std::net::TcpStream::connect(("127.0.0.1", http)).is_ok_and(|mut s| {
-            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_ok() && {
-                let mut answer = String::new();
-                std::io::Read::read_to_string(&mut s, &mut answer).is_ok() && answer.starts_with("HTTP/1.1 200")
-            }
-        });
-        if ok {
+        if matches!(get(http, "/readyz").await, Ok((200, _))) {
             break;
         }
         assert!(ready.elapsed() < Duration::from_secs(60), "waybill did not become ready");
@@ -531,7 +528,7 @@ async fn main() {
     // Lookups ask for orders of the phase's first requests, then for
     // orders the sustained phase stored.
     let orders_per_request = (SPANS_PER_REQUEST / (4 * per_service)) as u64;
-    let started = service_progress(http);
+    let started = service_progress(http).await;
     let lookups = Lookups::start(http, 32 * orders_per_request);
     let (totals, elapsed) = load(addr, sustained, connections, seconds, Duration::from_millis(20)).await;
     let sustained_lookups = lookups.finish().await;
@@ -544,7 +541,7 @@ async fn main() {
         totals.other.load(Ordering::Relaxed),
         peak.load(Ordering::Relaxed) as f64 / 1e6
     );
-    let after_sustained = service_progress(http);
+    let after_sustained = service_progress(http).await;
     print_progress(started, after_sustained, elapsed);
     println!("{sustained_lookups}");
 
@@ -559,7 +556,7 @@ async fn main() {
         totals.other.load(Ordering::Relaxed),
         peak.load(Ordering::Relaxed) as f64 / 1e6
     );
-    print_progress(after_sustained, service_progress(http), elapsed);
+    print_progress(after_sustained, service_progress(http).await, elapsed);
     println!("{overload_lookups}");
     sampler.abort();
     // SAFETY: signalling our own child process.
