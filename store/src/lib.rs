@@ -96,11 +96,11 @@ impl Store {
     /// (`engine::Priority`). A ClickHouse server has its own scheduling and
     /// gets the same requests as before.
     pub fn interactive(&self) -> Store {
-        if self.engine.is_none() {
-            return self.clone();
+        let mut store = self.clone();
+        if store.engine.is_some() {
+            store.client = store.client.with_header(http_interface::PRIORITY_HEADER, "interactive");
         }
-        let client = self.client.clone().with_header(http_interface::PRIORITY_HEADER, "interactive");
-        Store { client, engine: self.engine.clone(), target: self.target.clone() }
+        store
     }
 
     /// The client, with Waybill's database selected.
