@@ -319,6 +319,14 @@ fn peak_rss() -> String {
     status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap_or("?").trim().to_owned()
 }
 
+/// CPU time the calling thread has used so far (Linux schedstat). The
+/// direct steps run on the bench's main thread, so this is the resolver's
+/// own work (and its rows' encoding), without the engine's.
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    Duration::from_nanos(stat.split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -829,6 +837,7 @@ async fn main() {
     let (stop, beside) = lookups_beside(&store, total, now, 5_000_000);
     let mut resolver = Resolver::new(store.clone(), config.clone()).unwrap();
     let (mut steady_events, mut steady_traces, mut steady_resolve, mut steady_insert) = (0usize, 0usize, Duration::ZERO, Duration::ZERO);
+    let (mut steady_steps, mut steady_cpu) = (0u32, Duration::ZERO);
     let mut first_step_done = Instant::now();
     for (s, step) in steps.iter().enumerate() {
         let rows: Vec<BizEventRow> =
@@ -838,8 +847,10 @@ async fn main() {
         let insert = started.elapsed();
         let traces: BTreeSet<String> = rows.iter().map(|r| r.trace_id.clone()).collect();
         let started = Instant::now();
+        let cpu_before = thread_cpu();
         let resolved = resolver.resolve_traces(&traces, now).await.unwrap();
         let resolve = started.elapsed();
+        let cpu = thread_cpu() - cpu_before;
         if s == 0 {
             first_step_done = Instant::now();
         }
@@ -848,7 +859,7 @@ async fn main() {
         let deadlines = started.elapsed();
         let steady = step.parts.len() == 4;
         println!(
-            "  step {s:>2}{} stages {:?}: {:>6} events {:>6} traces inserted in {:>6.2} s ({:>7.0} events/s); resolved {:>6} events, {:>6} transactions in {:>7.2} s ({:>7.0} events/s, {:>6.0} traces/s); deadlines {:>5.2} s ({due} due)",
+            "  step {s:>2}{} stages {:?}: {:>6} events {:>6} traces inserted in {:>6.2} s ({:>7.0} events/s); resolved {:>6} events, {:>6} transactions in {:>7.2} s ({:>7.0} events/s, {:>6.0} traces/s; {:.2} s of it on the resolver's thread); deadlines {:>5.2} s ({due} due)",
             if steady { "*" } else { " " },
             step.parts.iter().map(|p| p.1).collect::<Vec<_>>(),
             rows.len(),
@@ -860,6 +871,7 @@ async fn main() {
             resolve.as_secs_f64(),
             resolved.events as f64 / resolve.as_secs_f64(),
             traces.len() as f64 / resolve.as_secs_f64(),
+            cpu.as_secs_f64(),
             deadlines.as_secs_f64(),
         );
         if steady {
@@ -867,6 +879,8 @@ async fn main() {
             steady_traces += traces.len();
             steady_resolve += resolve + deadlines;
             steady_insert += insert;
+            steady_steps += 1;
+            steady_cpu += cpu;
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -880,6 +894,11 @@ async fn main() {
         steady_traces as f64 / steady_resolve.as_secs_f64(),
         steady_events as f64 / steady_insert.as_secs_f64(),
         resolver_rate / (steady_events as f64 / steady_insert.as_secs_f64()),
+    );
+    println!(
+        "  a steady step took {:.2} s on the resolver's own thread (its work and its rows' encoding, not the engine's) of {:.2} s",
+        steady_cpu.as_secs_f64() / steady_steps.max(1) as f64,
+        steady_resolve.as_secs_f64() / steady_steps.max(1) as f64,
     );
     println!(
         "  against the collector's target of {TARGET_SPANS_PER_SEC:.0} spans/s: the resolver keeps up while at most {:.2} business events arrive per span ({})",

@@ -583,7 +583,8 @@ fn nanos(unix_nano: u64) -> i64 {
 
 /// One row per span.
 pub fn span_rows(request: &ExportTraceServiceRequest, source: &str) -> Vec<SpanRow> {
-    let mut rows = Vec::new();
+    let spans = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+    let mut rows = Vec::with_capacity(spans);
     for resource_spans in &request.resource_spans {
         let resource = resource_spans.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
         let resource_attributes = attributes(resource);

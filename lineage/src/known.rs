@@ -19,7 +19,7 @@
 //! forgets everything rather than reason about a half-written step.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use twox_hash::XxHash64;
 use waybill_store::{EdgeRow, KeyTraceRow};
@@ -34,9 +34,12 @@ const MAX_PER_KEY: usize = 1000;
 /// The filter is sized for twice the keys stored when it is read, and
 /// never for fewer than this.
 const MIN_FILTER_KEYS: usize = 1_000_000;
-/// Bits per key and hash functions for a 1 % false-positive rate.
+/// Bits per key and hash functions for about a 1 % false-positive rate.
 const BITS_PER_KEY: usize = 10;
 const HASHES: u64 = 7;
+/// The filter's bits of one key lie in one block of this many words (a
+/// cache line), so a look-up costs one cache miss instead of seven.
+const BLOCK_WORDS: usize = 8;
 
 /// A key packed as `<kind length>:<kind><value>` in one allocation, which
 /// halves what a remembered key costs; the length keeps any kind and value
@@ -44,24 +47,57 @@ const HASHES: u64 = 7;
 type Packed = Box<str>;
 
 fn pack(kind: &str, value: &str) -> Packed {
-    format!("{}:{kind}{value}", kind.len()).into_boxed_str()
+    let len = kind.len().to_string();
+    let mut packed = String::with_capacity(len.len() + 1 + kind.len() + value.len());
+    for part in [len.as_str(), ":", kind, value] {
+        packed.push_str(part);
+    }
+    packed.into_boxed_str()
+}
+
+/// The kind and value of a packed key.
+fn parts(packed: &str) -> (&str, &str) {
+    let (len, rest) = packed.split_once(':').expect("packed keys start with their kind's length");
+    rest.split_at(len.parse().expect("packed keys start with their kind's length"))
 }
 
 fn unpack(packed: &str) -> Key {
-    let (len, rest) = packed.split_once(':').expect("packed keys start with their kind's length");
-    let (kind, value) = rest.split_at(len.parse().expect("packed keys start with their kind's length"));
+    let (kind, value) = parts(packed);
     (kind.to_owned(), value.to_owned())
 }
 
+/// A key with its hash ([`key_hash`]), which both the filter and the
+/// remembered facts are looked up by.
+struct Hashed<'a> {
+    kind: &'a str,
+    value: &'a str,
+    hash: u64,
+}
+
+impl<'a> Hashed<'a> {
+    fn new(kind: &'a str, value: &'a str) -> Self {
+        Hashed { kind, value, hash: key_hash(kind, value) }
+    }
+}
+
 /// The store's answer for one key, remembered: `None` where not known.
-#[derive(Default)]
 struct Facts {
+    /// The key itself: two keys with one hash are told apart by it.
+    key: Packed,
     up: Option<Vec<Packed>>,
     down: Option<Vec<Packed>>,
     traces: Option<Vec<Box<str>>>,
 }
 
 impl Facts {
+    fn new(key: Packed) -> Self {
+        Facts { key, up: None, down: None, traces: None }
+    }
+
+    fn is(&self, key: &Hashed) -> bool {
+        parts(&self.key) == (key.kind, key.value)
+    }
+
     fn edges(&mut self, down: bool) -> &mut Option<Vec<Packed>> {
         if down {
             &mut self.down
@@ -73,7 +109,8 @@ impl Facts {
 
 pub(crate) struct KnownGraph {
     filter: Option<KeyFilter>,
-    facts: Generations<Packed, Facts>,
+    /// By key hash. A key whose hash another key holds is not remembered.
+    facts: Generations<u64, Facts, BuildHasherDefault<Unhashed>>,
 }
 
 impl Default for KnownGraph {
@@ -101,20 +138,20 @@ impl KnownGraph {
 
     /// The complete edges of `key` in one direction, if known without asking the store.
     pub fn edges(&mut self, key: &Key, down: bool) -> Option<Vec<Key>> {
-        if self.never_stored(&key.0, &key.1) {
-            return Some(Vec::new());
+        let key = Hashed::new(&key.0, &key.1);
+        if let Some(others) = self.facts(&key).and_then(|facts| facts.edges(down).as_ref()) {
+            return Some(others.iter().map(|other| unpack(other)).collect());
         }
-        let others = self.facts(key)?.edges(down).as_ref()?;
-        Some(others.iter().map(|other| unpack(other)).collect())
+        self.never_stored(&key).then(Vec::new)
     }
 
     /// The complete traces of `key`, if known without asking the store.
     pub fn traces(&mut self, key: &Key) -> Option<Vec<String>> {
-        if self.never_stored(&key.0, &key.1) {
-            return Some(Vec::new());
+        let key = Hashed::new(&key.0, &key.1);
+        if let Some(traces) = self.facts(&key).and_then(|facts| facts.traces.as_ref()) {
+            return Some(traces.iter().map(|trace| trace.to_string()).collect());
         }
-        let traces = self.facts(key)?.traces.as_ref()?;
-        Some(traces.iter().map(|trace| trace.to_string()).collect())
+        self.never_stored(&key).then(Vec::new)
     }
 
     /// Remembers what the store answered for `asked`: all their edges in
@@ -125,7 +162,8 @@ impl KnownGraph {
             rows.iter().filter(|row| row.down == down).map(|row| (&row.kind, &row.value, pack(&row.other_kind, &row.other_value))),
         );
         for (key, list) in found {
-            *self.facts_or_new(key).edges(down) = list;
+            let (kind, value) = parts(&key);
+            *self.facts_or_new(&Hashed::new(kind, value)).edges(down) = list;
         }
     }
 
@@ -134,35 +172,37 @@ impl KnownGraph {
     pub fn learned_traces(&mut self, asked: &[Key], rows: &[KeyTraceRow]) {
         let found = per_key(asked, rows.iter().map(|row| (&row.kind, &row.value, Box::<str>::from(row.trace_id.as_str()))));
         for (key, list) in found {
-            self.facts_or_new(key).traces = list;
+            let (kind, value) = parts(&key);
+            self.facts_or_new(&Hashed::new(kind, value)).traces = list;
         }
     }
 
     /// Adds edges the resolver has just stored.
     pub fn wrote_edges(&mut self, rows: &[EdgeRow]) {
         for row in rows {
-            if let Some(facts) = self.facts_to_extend(&row.kind, &row.value) {
+            let key = Hashed::new(&row.kind, &row.value);
+            if let Some(facts) = self.facts_to_extend(&key) {
                 extend(facts.edges(row.down), pack(&row.other_kind, &row.other_value));
             }
-            self.add_to_filter(&row.kind, &row.value);
+            self.add_to_filter(&key);
         }
     }
 
     /// Adds key → trace rows the resolver has just stored.
     pub fn wrote_key_traces(&mut self, rows: &[KeyTraceRow]) {
         for row in rows {
-            if let Some(facts) = self.facts_to_extend(&row.kind, &row.value) {
+            let key = Hashed::new(&row.kind, &row.value);
+            if let Some(facts) = self.facts_to_extend(&key) {
                 extend(&mut facts.traces, row.trace_id.as_str().into());
             }
-            self.add_to_filter(&row.kind, &row.value);
+            self.add_to_filter(&key);
         }
     }
 
     /// The facts of `key` that a write must extend: remembered ones, or
     /// empty complete ones for a key the store never held until now.
-    fn facts_to_extend(&mut self, kind: &str, value: &str) -> Option<&mut Facts> {
-        let key = pack(kind, value);
-        if self.never_stored(kind, value) {
+    fn facts_to_extend(&mut self, key: &Hashed) -> Option<&mut Facts> {
+        if self.never_stored(key) {
             let facts = self.facts_or_new(key);
             for list in [&mut facts.up, &mut facts.down] {
                 list.get_or_insert_with(Vec::new);
@@ -170,28 +210,30 @@ impl KnownGraph {
             facts.traces.get_or_insert_with(Vec::new);
             return Some(facts);
         }
-        self.facts.get(&key)
+        self.facts(key)
     }
 
-    fn add_to_filter(&mut self, kind: &str, value: &str) {
+    fn add_to_filter(&mut self, key: &Hashed) {
         if let Some(filter) = &mut self.filter {
-            filter.insert(key_hash(kind, value));
+            filter.insert(key.hash);
         }
     }
 
-    fn never_stored(&self, kind: &str, value: &str) -> bool {
-        self.filter.as_ref().is_some_and(|filter| !filter.may_contain(key_hash(kind, value)))
+    fn never_stored(&self, key: &Hashed) -> bool {
+        self.filter.as_ref().is_some_and(|filter| !filter.may_contain(key.hash))
     }
 
-    fn facts(&mut self, key: &Key) -> Option<&mut Facts> {
-        self.facts.get(&pack(&key.0, &key.1))
+    fn facts(&mut self, key: &Hashed) -> Option<&mut Facts> {
+        self.facts.get(&key.hash).filter(|facts| facts.is(key))
     }
 
-    fn facts_or_new(&mut self, key: Packed) -> &mut Facts {
-        if self.facts.get(&key).is_none() {
-            self.facts.insert(key.clone(), Facts::default());
+    /// The facts of `key`, new and empty if it was not remembered (and
+    /// in place of another key with the same hash).
+    fn facts_or_new(&mut self, key: &Hashed) -> &mut Facts {
+        if self.facts(key).is_none() {
+            self.facts.insert(key.hash, Facts::new(pack(key.kind, key.value)));
         }
-        self.facts.get(&key).expect("just inserted")
+        self.facts.get(&key.hash).expect("just inserted")
     }
 
     #[cfg(test)]
@@ -203,15 +245,15 @@ impl KnownGraph {
 /// A map that keeps what was used lately: two generations of at most
 /// `limit` entries; an entry read moves to the newer one, and the older is
 /// dropped whole when the newer one fills.
-pub(crate) struct Generations<K, V> {
-    newer: HashMap<K, V>,
-    older: HashMap<K, V>,
+pub(crate) struct Generations<K, V, S> {
+    newer: HashMap<K, V, S>,
+    older: HashMap<K, V, S>,
     limit: usize,
 }
 
-impl<K: Hash + Eq + Clone, V> Generations<K, V> {
+impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Generations<K, V, S> {
     pub fn new(limit: usize) -> Self {
-        Generations { newer: HashMap::new(), older: HashMap::new(), limit }
+        Generations { newer: HashMap::default(), older: HashMap::default(), limit }
     }
 
     pub fn get(&mut self, key: &K) -> Option<&mut V> {
@@ -238,6 +280,26 @@ impl<K: Hash + Eq + Clone, V> Generations<K, V> {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.newer.len() + self.older.len()
+    }
+}
+
+/// The hasher of maps whose keys are hashes already ([`key_hash`]).
+#[derive(Default)]
+pub(crate) struct Unhashed(u64);
+
+impl Hasher for Unhashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
     }
 }
 
@@ -293,7 +355,8 @@ impl KeyFilter {
     /// A filter for `stored` keys and as many again.
     pub fn for_keys(stored: usize) -> Self {
         let capacity = (stored * 2).max(MIN_FILTER_KEYS);
-        KeyFilter { bits: vec![0; (capacity * BITS_PER_KEY).div_ceil(64)], capacity, inserted: 0 }
+        let blocks = (capacity * BITS_PER_KEY).div_ceil(BLOCK_WORDS * 64);
+        KeyFilter { bits: vec![0; blocks * BLOCK_WORDS], capacity, inserted: 0 }
     }
 
     pub fn insert(&mut self, hash: u64) {
@@ -316,11 +379,15 @@ impl KeyFilter {
         self.inserted > self.capacity
     }
 
-    /// Double hashing: `HASHES` positions from the two halves of one hash.
+    /// `HASHES` positions in one block: the block from the hash's upper
+    /// half, the bits in it by double hashing on two 16-bit parts of the
+    /// lower half (an odd step visits distinct bits of the 512).
     fn positions(&self, hash: u64) -> impl Iterator<Item = usize> {
-        let len = (self.bits.len() * 64) as u64;
-        let (first, second) = (hash & 0xffff_ffff, (hash >> 32) | 1);
-        (0..HASHES).map(move |i| (first.wrapping_add(i.wrapping_mul(second)) % len) as usize)
+        const BLOCK_BITS: u64 = (BLOCK_WORDS * 64) as u64;
+        let blocks = (self.bits.len() / BLOCK_WORDS) as u64;
+        let base = (hash >> 32) % blocks * BLOCK_BITS;
+        let (first, second) = (hash & 0xffff, ((hash >> 16) & 0xffff) | 1);
+        (0..HASHES).map(move |i| (base + first.wrapping_add(i * second) % BLOCK_BITS) as usize)
     }
 }
 

@@ -15,7 +15,7 @@
 //! which makes a running resolver forget; on a cluster it remembers nothing
 //! between steps.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -73,9 +73,12 @@ pub struct Resolver {
 /// The events of some traces, read once per step.
 #[derive(Default)]
 struct Traces {
-    events: BTreeMap<String, Vec<BizEventRow>>,
-    shared: BTreeMap<String, BTreeSet<Key>>,
+    events: foldhash::HashMap<String, Vec<BizEventRow>>,
+    shared: foldhash::HashMap<String, BTreeSet<Key>>,
 }
+
+/// The shared keys of a trace without any.
+static NO_KEYS: BTreeSet<Key> = BTreeSet::new();
 
 impl Traces {
     fn insert(&mut self, trace: String, events: Vec<BizEventRow>) {
@@ -83,8 +86,8 @@ impl Traces {
         self.events.insert(trace, events);
     }
 
-    fn shared(&self, trace: &str) -> BTreeSet<Key> {
-        self.shared.get(trace).cloned().unwrap_or_default()
+    fn shared(&self, trace: &str) -> &BTreeSet<Key> {
+        self.shared.get(trace).unwrap_or(&NO_KEYS)
     }
 }
 
@@ -150,7 +153,10 @@ impl Resolver {
                         timer.observe_duration();
                         metrics::RESOLVED_EVENTS.inc_by(resolved.events as u64);
                         metrics::TRANSACTIONS_WRITTEN.inc_by(resolved.transactions as u64);
-                        pending.retain(|trace| !step.contains(trace));
+                        // The step is the smallest of `pending`, and far fewer.
+                        for trace in &step {
+                            pending.remove(trace);
+                        }
                         metrics::PENDING_TRACES.set(pending.len() as i64);
                     }
                     Err(err) => {
@@ -275,11 +281,17 @@ impl Resolver {
         for trace in traces.iter().chain(incoming.iter()) {
             let Some(trace_events) = loaded.events.get(trace) else { continue };
             let shared = loaded.shared(trace);
+            // Records of a trace with the same keys and links (the spans
+            // of one order, say) link the same keys: each kind is looked at once.
+            let mut alike = foldhash::HashSet::default();
             for event in trace_events {
                 events += 1;
-                let mut keys = graph::effective_keys(event, &shared);
+                if !alike.insert((&event.key_kinds, &event.key_values, &event.linked_trace_ids)) {
+                    continue;
+                }
+                let mut keys = graph::effective_keys(event, shared);
                 graph::edges_among(&keys, &self.config, &mut edges);
-                let linked: BTreeSet<Key> = event.linked_trace_ids.iter().flat_map(|t| loaded.shared(t)).collect();
+                let linked: BTreeSet<Key> = event.linked_trace_ids.iter().flat_map(|t| loaded.shared(t).iter().cloned()).collect();
                 graph::edges_between(&keys, &linked, &self.config, &mut edges);
                 touched.extend(linked.iter().cloned());
                 // A trace without keys of its own belongs where its links point.
@@ -307,7 +319,7 @@ impl Resolver {
     /// Reads the events of `traces` not read yet, one copy of each record.
     async fn load(&self, loaded: &mut Traces, traces: Vec<String>) -> Result<(), StoreError> {
         let wanted: Vec<String> = traces.into_iter().filter(|t| !loaded.events.contains_key(t)).collect();
-        let mut found: BTreeMap<String, Vec<BizEventRow>> = BTreeMap::new();
+        let mut found: foldhash::HashMap<String, Vec<BizEventRow>> = foldhash::HashMap::default();
         let rows: Vec<BizEventRow> =
             self.fetch_in(quoted(&wanted), |list| format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({list})")).await?;
         for row in rows {
@@ -486,11 +498,10 @@ impl Resolver {
 
     /// One transaction from the events of its traces that belong to its keys.
     fn assemble(&mut self, root: &Key, closure: &BTreeSet<Key>, traces: &BTreeSet<&String>, loaded: &Traces, now_ns: i64) -> TransactionRow {
-        let in_closure: HashSet<(&str, &str)> = closure.iter().map(|(kind, value)| (kind.as_str(), value.as_str())).collect();
-        let no_keys = BTreeSet::new();
+        let in_closure: foldhash::HashSet<(&str, &str)> = closure.iter().map(|(kind, value)| (kind.as_str(), value.as_str())).collect();
         let mut included: Vec<&BizEventRow> = Vec::new();
         for trace in traces {
-            let shared = loaded.shared.get(*trace).unwrap_or(&no_keys);
+            let shared = loaded.shared(trace);
             for event in loaded.events.get(*trace).into_iter().flatten() {
                 // A record belongs by its own keys, a record without any by
                 // its trace's, and without those by the traces it links to.
@@ -623,7 +634,7 @@ fn take_notified(notifications: &mut mpsc::UnboundedReceiver<Vec<String>>, pendi
 }
 
 /// Whether any of `keys` is in `set`.
-fn any_in<'a>(set: &HashSet<(&str, &str)>, mut keys: impl Iterator<Item = (&'a String, &'a String)>) -> bool {
+fn any_in<'a>(set: &foldhash::HashSet<(&str, &str)>, mut keys: impl Iterator<Item = (&'a String, &'a String)>) -> bool {
     keys.any(|(kind, value)| set.contains(&(kind.as_str(), value.as_str())))
 }
 
