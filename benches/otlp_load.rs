@@ -11,7 +11,9 @@
 //! trace has one span per service; N: an entry span and N - 1 plain child
 //! spans, such as database calls, per service), BENCH_BUSINESS_EVERY (1:
 //! every entry span is a business record, with keys and a milestone; N: one
-//! entry span in N, the others plain spans of the same flow). Figures are in
+//! entry span in N, the others plain spans of the same flow),
+//! BENCH_LOOKUP_PAUSE_MS (50: an order lookup through the JSON API after
+//! each pause of this long, beside the load; 0: none). Figures are in
 //! BENCHMARKS.md.
 
 mod common;
@@ -291,23 +293,24 @@ struct Lookups {
 }
 
 impl Lookups {
-    /// Looks up one of orders `PO-0` .. `PO-{orders - 1}` every 50 ms, as a
-    /// person on the pages would, until finished.
-    fn start(http: u16, orders: u64) -> Lookups {
+    /// Looks up one of orders `PO-0` .. `PO-{orders - 1}` after each
+    /// `pause`, as people on the pages would, until finished; none if
+    /// `pause` is zero.
+    fn start(http: u16, orders: u64, pause: Duration) -> Lookups {
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
             let stop = stop.clone();
             async move {
                 let mut latencies = Vec::new();
                 let mut n: u64 = 0;
-                while !stop.load(Ordering::Relaxed) {
+                while !pause.is_zero() && !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let order = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % orders.max(1);
                     let started = Instant::now();
                     let status = get(http, &format!("/api/v1/transactions?key=PO-{order}")).await.map(|(status, _)| status);
                     assert_eq!(status.ok(), Some(200), "lookup of PO-{order}");
                     latencies.push(started.elapsed());
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(pause).await;
                 }
                 latencies
             }
@@ -319,6 +322,9 @@ impl Lookups {
     async fn finish(self) -> String {
         self.stop.store(true, Ordering::Relaxed);
         let mut latencies = self.task.await.unwrap();
+        if latencies.is_empty() {
+            return "  no order lookups beside it (BENCH_LOOKUP_PAUSE_MS=0)".to_owned();
+        }
         latencies.sort();
         let ms = |d: Option<&Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
         let at = |q: f64| ms(latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))));
@@ -469,6 +475,7 @@ async fn main() {
     let connections = env_or("BENCH_CONNECTIONS", 32);
     let overload_connections = env_or("BENCH_OVERLOAD_CONNECTIONS", 400);
     let batches = env_or("BENCH_BATCHES", 1200);
+    let lookup_pause = Duration::from_millis(env_or("BENCH_LOOKUP_PAUSE_MS", 50) as u64);
     let root = std::path::PathBuf::from("target/bench-otlp");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join("raw")).unwrap();
@@ -549,7 +556,7 @@ async fn main() {
     // orders the sustained phase stored.
     let orders_per_request = (SPANS_PER_REQUEST / (4 * per_service)) as u64;
     let started = service_progress(http, pid).await;
-    let lookups = Lookups::start(http, 32 * orders_per_request);
+    let lookups = Lookups::start(http, 32 * orders_per_request, lookup_pause);
     let (totals, elapsed) = load(addr, sustained, connections, seconds, Duration::from_millis(20)).await;
     let sustained_lookups = lookups.finish().await;
     let rate = totals.acked_spans.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
@@ -566,7 +573,7 @@ async fn main() {
     println!("{sustained_lookups}");
 
     peak.store(0, Ordering::Relaxed);
-    let lookups = Lookups::start(http, half as u64 * orders_per_request);
+    let lookups = Lookups::start(http, half as u64 * orders_per_request, lookup_pause);
     let (totals, elapsed) = load(addr, overload, overload_connections, seconds, Duration::from_millis(1)).await;
     let overload_lookups = lookups.finish().await;
     let overload_rate = totals.acked_spans.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
