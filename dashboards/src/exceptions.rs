@@ -14,8 +14,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
-use waybill_lineage::api::{rfc3339, Transaction};
-use waybill_lineage::resolve::TRANSACTION_COLUMNS;
+use waybill_lineage::api::{latest_row, rfc3339, Transaction};
 use waybill_store::sql::quote_string;
 use waybill_store::{ExceptionActionRow, StoreError, TransactionRow};
 
@@ -300,11 +299,7 @@ fn item_of(tx: &TransactionRow, trail: &[ExceptionActionRow]) -> Item {
 }
 
 async fn transaction_row(dashboards: &Dashboards, id: &str) -> Result<Option<TransactionRow>, StoreError> {
-    let rows: Vec<TransactionRow> = dashboards
-        .store()
-        .fetch_all(&format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE Id = {} ORDER BY Version DESC LIMIT 1", quote_string(id)))
-        .await?;
-    Ok(rows.into_iter().next())
+    latest_row(dashboards.store(), id).await
 }
 
 /// The audit trail of one transaction, oldest first.

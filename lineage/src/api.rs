@@ -102,13 +102,19 @@ pub fn rfc3339(ns: i64) -> String {
     humantime::format_rfc3339_nanos(time).to_string()
 }
 
-/// The transaction with `id`, as last computed. Its versions that merges
-/// have not replaced yet come back too (a few at most), and the newest is
-/// picked here: sorting them in the engine made the query a third dearer.
+/// The transaction with `id`, as last computed.
 pub async fn by_id(store: &Store, id: &str) -> Result<Option<Transaction>, StoreError> {
+    Ok(latest_row(store, id).await?.map(Transaction::from))
+}
+
+/// The stored row of transaction `id`, as last computed. Its versions that
+/// merges have not replaced yet come back too (a few at most), and the
+/// newest is picked here: sorting them in the engine made the query a
+/// third dearer.
+pub async fn latest_row(store: &Store, id: &str) -> Result<Option<TransactionRow>, StoreError> {
     let rows: Vec<TransactionRow> =
         store.fetch_all(&format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE Id = {}", quote_string(id))).await?;
-    Ok(rows.into_iter().max_by_key(|row| row.version).map(Transaction::from))
+    Ok(rows.into_iter().max_by_key(|row| row.version))
 }
 
 /// Transactions with a key of this value (and kind, and in `state`),
