@@ -9,6 +9,10 @@
 //! two tables, read at the first step and grown with every write: its "no"
 //! is certain, its "maybe" (about one new key in a hundred) costs a query.
 //!
+//! Remembered keys are found by their xxHash64, the filter's hash too, and
+//! each keeps its own key, so two keys with one hash are never confused:
+//! the later simply takes the earlier's place.
+//!
 //! Memory is bounded: keys live in two generations of at most
 //! [`KEYS_PER_GENERATION`] each; a key read again moves to the newer one,
 //! and the older generation is dropped whole when the newer one fills.
@@ -459,6 +463,21 @@ mod tests {
         }
         assert!(filter.inserted <= MIN_FILTER_KEYS / 2);
         assert!(!filter.is_full());
+    }
+
+    #[test]
+    fn two_keys_with_one_hash_are_never_taken_for_each_other() {
+        let mut known = KnownGraph::default();
+        let (po1, po2) = (key("order", "PO-1"), key("order", "PO-2"));
+        let row = |k: &Key, trace: &str| KeyTraceRow { kind: k.0.clone(), value: k.1.clone(), trace_id: trace.into() };
+        known.learned_traces(std::slice::from_ref(&po1), &[row(&po1, "t1")]);
+        // PO-2 as if its hash were PO-1's.
+        let clash = Hashed { kind: &po2.0, value: &po2.1, hash: key_hash(&po1.0, &po1.1) };
+        assert!(known.facts(&clash).is_none(), "PO-1's traces are not PO-2's");
+        // Remembering PO-2 there forgets PO-1, which is then read from the store, never answered wrongly.
+        known.facts_or_new(&clash).traces = Some(vec!["t2".into()]);
+        assert_eq!(known.traces(&po1), None);
+        assert_eq!(known.facts(&clash).and_then(|facts| facts.traces.clone()), Some(vec!["t2".into()]));
     }
 
     #[test]
