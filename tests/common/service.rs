@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::process::{free_port, wait_for_status, waybill, work_dir, Running};
+use super::process::{free_port, waybill, work_dir, Running};
 use super::sdk::Systems;
 
 /// A running service with a fast resolver.
@@ -27,23 +27,42 @@ impl Service {
 
     pub async fn start_in(dir: std::path::PathBuf) -> Service {
         let (http, otlp) = (free_port(), free_port());
+        // What it logs (warnings and errors) is shown if it never gets ready.
+        let log = dir.join("serve.log");
         let child = waybill(&dir)
             .args(["--config", "waybill.yaml", "serve"])
             .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
             .env("WAYBILL_OTLP__HTTP_LISTEN", format!("127.0.0.1:{otlp}"))
             .env("WAYBILL_LINEAGE__RESOLVE_INTERVAL_MS", "100")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let service = Service {
+        let mut service = Service {
             running: Running(child),
             dir,
             http: SocketAddr::from(([127, 0, 0, 1], http)),
             otlp: SocketAddr::from(([127, 0, 0, 1], otlp)),
         };
-        wait_for_status(http, "/readyz", 200, Duration::from_secs(60)).await;
+        service.wait_until_ready(&log, Duration::from_secs(60)).await;
         service
+    }
+
+    /// Waits for `/readyz` to answer 200. A service that exits first, or
+    /// is not ready `within`, fails the test with what it logged.
+    async fn wait_until_ready(&mut self, log: &std::path::Path, within: Duration) {
+        let start = Instant::now();
+        loop {
+            if tokio::net::TcpStream::connect(self.http).await.is_ok() && super::http(self.http, "GET", "/readyz", &[], b"").await.status == 200 {
+                return;
+            }
+            let logged = || std::fs::read_to_string(log).unwrap_or_default();
+            if let Some(status) = self.running.0.try_wait().unwrap() {
+                panic!("serve exited with {status} before it was ready; it logged:\n{}", logged());
+            }
+            assert!(start.elapsed() < within, "/readyz did not answer 200 within {within:?}; serve logged:\n{}", logged());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops the service with SIGTERM, as an operator would.
