@@ -153,7 +153,8 @@ impl Resolver {
                         timer.observe_duration();
                         metrics::RESOLVED_EVENTS.inc_by(resolved.events as u64);
                         metrics::TRANSACTIONS_WRITTEN.inc_by(resolved.transactions as u64);
-                        // The step is the smallest of `pending`, and far fewer.
+                        // Far fewer than `pending`: removing them one by one costs
+                        // less than testing every pending trace against the step.
                         for trace in &step {
                             pending.remove(trace);
                         }
@@ -282,7 +283,7 @@ impl Resolver {
             let Some(trace_events) = loaded.events.get(trace) else { continue };
             let shared = loaded.shared(trace);
             // Records of a trace with the same keys and links (the spans
-            // of one order, say) link the same keys: each kind is looked at once.
+            // of one order, say) link the same keys: each such group once.
             let mut alike = foldhash::HashSet::default();
             for event in trace_events {
                 events += 1;
