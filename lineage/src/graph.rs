@@ -28,16 +28,16 @@ pub fn own_keys(event: &BizEventRow) -> impl Iterator<Item = Key> + '_ {
 /// The keys every record of a trace shares: those whose kind has one value
 /// in the trace.
 pub fn shared_keys<'a>(events: impl IntoIterator<Item = &'a BizEventRow>) -> BTreeSet<Key> {
-    let mut by_kind: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut by_kind: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for event in events {
-        for (kind, value) in own_keys(event) {
+        for (kind, value) in event.key_kinds.iter().zip(&event.key_values) {
             by_kind.entry(kind).or_default().insert(value);
         }
     }
     by_kind
         .into_iter()
         .filter(|(_, values)| values.len() == 1)
-        .flat_map(|(kind, values)| values.into_iter().map(move |value| (kind.clone(), value)))
+        .flat_map(|(kind, values)| values.into_iter().map(move |value| (kind.to_owned(), value.to_owned())))
         .collect()
 }
 

@@ -327,7 +327,13 @@ impl Resolver {
         let rows: Vec<BizEventRow> =
             self.fetch_in(quoted(&wanted), |list| format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({list})")).await?;
         for row in rows {
-            found.entry(row.trace_id.clone()).or_default().push(row);
+            // The id is copied once per trace, not once per row.
+            match found.get_mut(&row.trace_id) {
+                Some(events) => events.push(row),
+                None => {
+                    found.insert(row.trace_id.clone(), vec![row]);
+                }
+            }
         }
         for trace in wanted {
             let mut events = found.remove(&trace).unwrap_or_default();
