@@ -278,10 +278,11 @@ fn print_progress(before: Progress, now: Progress, elapsed: Duration, spans: u64
         now.steps - before.steps
     );
     // CPU per span is steadier than spans/s while the machine's speed drifts.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "  the service used {:.1} s of CPU (of {:.1} s on two cores): {:.1} µs per span acknowledged, resolver included",
+        "  the service used {:.1} s of CPU (of {:.1} s on {cores} cores): {:.1} µs per span acknowledged, resolver included",
         now.cpu - before.cpu,
-        2.0 * elapsed.as_secs_f64(),
+        cores as f64 * elapsed.as_secs_f64(),
         (now.cpu - before.cpu) * 1e6 / spans.max(1) as f64
     );
 }
