@@ -321,7 +321,7 @@ fn peak_rss() -> String {
 
 /// CPU time the calling thread has used so far (Linux schedstat). The
 /// direct steps run on the bench's main thread, so this is the resolver's
-/// own work (and its rows' encoding), without the engine's.
+/// own work (and encoding and decoding its rows), without the engine's.
 fn thread_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
     Duration::from_nanos(stat.split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0))
@@ -896,7 +896,7 @@ async fn main() {
         resolver_rate / (steady_events as f64 / steady_insert.as_secs_f64()),
     );
     println!(
-        "  a steady step took {:.2} s on the resolver's own thread (its work and its rows' encoding, not the engine's) of {:.2} s",
+        "  a steady step took {:.2} s on the resolver's own thread (its work and its rows' encoding and decoding, not the engine's) of {:.2} s",
         steady_cpu.as_secs_f64() / steady_steps.max(1) as f64,
         steady_resolve.as_secs_f64() / steady_steps.max(1) as f64,
     );

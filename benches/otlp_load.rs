@@ -134,9 +134,9 @@ fn run(engine: &waybill_store::Engine, sql: &str) -> Vec<u8> {
     engine.query(EngineQuery { sql, format: "RowBinary", database: None, params: &[] }).unwrap().data
 }
 
-/// The rows the service writes for the load, as the engine's own RowBinary
-/// in batches of 20,000 spans: span files, and the business rows of the
-/// same batches.
+/// The rows the service writes for the load, as the engine's own RowBinary:
+/// span files of 20,000 rows each, and the business rows in as many files
+/// of equal size (in trace order, so not exactly each span file's own).
 struct RawRows {
     spans: usize,
     span_files: Vec<std::path::PathBuf>,
@@ -171,8 +171,8 @@ async fn raw_rows(dir: &std::path::Path, files: &std::path::Path, spans: &[waybi
 
 /// Raw engine insert rates of `rows` on a fresh engine in `dir`, spans per
 /// second: of the span rows alone, and of the same rows the service writes
-/// for them (each batch's business rows first, then its spans, as the
-/// pipeline's writer does), loaded with INSERT ... FROM INFILE.
+/// for them (a file of business rows before each file of spans, as the
+/// pipeline's writer inserts a batch), loaded with INSERT ... FROM INFILE.
 async fn raw_engine_rates(dir: &std::path::Path, rows: &RawRows) -> (f64, f64) {
     let engine = fresh_engine(dir);
     let store = migrated_store(&engine, "raw").await;
