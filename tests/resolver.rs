@@ -123,6 +123,19 @@ async fn a_resolver_remembers_across_many_steps_what_a_fresh_one_reads_from_the_
         let milestones: Vec<&str> = remembered[0].milestones.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(milestones, ["order.captured", "order.accepted", "shipment.dispatched", "invoice.posted", "order.corrected"]);
     }
+    // The remembering resolver skips writing rows it knows are stored; the
+    // key graph and the key index must still hold exactly what the fresh
+    // resolvers wrote.
+    for (table, row) in [
+        ("biz_edges", "concat(Kind, '|', Value, '|', toString(Down), '|', OtherKind, '|', OtherValue)"),
+        ("biz_key_traces", "concat(Kind, '|', Value, '|', TraceId)"),
+        ("transaction_keys", "concat(Kind, '|', Value, '|', Id)"),
+    ] {
+        let sql = format!("SELECT DISTINCT {row} AS row FROM {table} ORDER BY row");
+        let (remembered, read): (Vec<String>, Vec<String>) = (remembering.fetch_all(&sql).await.unwrap(), fresh.fetch_all(&sql).await.unwrap());
+        assert!(!read.is_empty());
+        assert_eq!(remembered, read, "{table}");
+    }
     common::drop_database(&remembering).await;
     common::drop_database(&fresh).await;
 }
