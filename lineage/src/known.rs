@@ -1,8 +1,5 @@
 //! What the resolver remembers of the key graph between steps, so that a
-//! step asks the store only about keys it has not met, and writes only
-//! rows the store does not hold already (links, key → trace rows, and the
-//! key index of transactions, which a transaction's every update would
-//! otherwise write again whole).
+//! step asks the store only about keys it has not met.
 //!
 //! The resolver is the only writer of `biz_edges` and `biz_key_traces`.
 //! Every list remembered for a key is complete: either read whole from the
@@ -19,10 +16,9 @@
 //! Memory is bounded: keys live in two generations of at most
 //! [`KEYS_PER_GENERATION`] each; a key read again moves to the newer one,
 //! and the older generation is dropped whole when the newer one fills.
-//! A remembered key with a link, a trace and a transaction takes about
-//! 450 bytes, so the two generations hold about 90 MB of typical keys; a
-//! key with more than [`MAX_PER_KEY`] links or traces (a busy partner) is
-//! not remembered.
+//! A remembered key with a link and a trace takes about 390 bytes, so the
+//! two generations hold about 80 MB of typical keys; a key with more than
+//! [`MAX_PER_KEY`] links or traces (a busy partner) is not remembered.
 //! Forgetting only ever costs queries, so after a failed step the resolver
 //! forgets everything rather than reason about a half-written step.
 
@@ -30,7 +26,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use twox_hash::XxHash64;
-use waybill_store::{EdgeRow, KeyTraceRow, TransactionKeyRow};
+use waybill_store::{EdgeRow, KeyTraceRow};
 
 use crate::graph::Key;
 
@@ -95,15 +91,11 @@ struct Facts {
     up: Option<Vec<Packed>>,
     down: Option<Vec<Packed>>,
     traces: Option<Vec<Box<str>>>,
-    /// Transactions the key index (`transaction_keys`) holds this key
-    /// under, as far as the resolver wrote them: not a complete list,
-    /// only enough to skip writing the same index row again.
-    indexed: Vec<Box<str>>,
 }
 
 impl Facts {
     fn new(key: Packed) -> Self {
-        Facts { key, up: None, down: None, traces: None, indexed: Vec::new() }
+        Facts { key, up: None, down: None, traces: None }
     }
 
     fn is(&self, key: &Hashed) -> bool {
@@ -189,27 +181,6 @@ impl KnownGraph {
         }
     }
 
-    /// Whether the store holds `row`, as far as remembered.
-    pub fn has_edge(&mut self, row: &EdgeRow) -> bool {
-        let other = (row.other_kind.as_str(), row.other_value.as_str());
-        self.facts(&Hashed::new(&row.kind, &row.value))
-            .and_then(|facts| facts.edges(row.down).as_ref())
-            .is_some_and(|others| others.iter().any(|known| parts(known) == other))
-    }
-
-    /// Whether the store holds `row`, as far as remembered.
-    pub fn has_key_trace(&mut self, row: &KeyTraceRow) -> bool {
-        self.facts(&Hashed::new(&row.kind, &row.value))
-            .and_then(|facts| facts.traces.as_ref())
-            .is_some_and(|traces| traces.iter().any(|known| **known == *row.trace_id))
-    }
-
-    /// Whether the key index holds `key` → transaction `id`, as far as the
-    /// resolver remembers writing it.
-    pub fn indexed(&mut self, key: &Key, id: &str) -> bool {
-        self.facts(&Hashed::new(&key.0, &key.1)).is_some_and(|facts| facts.indexed.iter().any(|known| **known == *id))
-    }
-
     /// Adds edges the resolver has just stored.
     pub fn wrote_edges(&mut self, rows: &[EdgeRow]) {
         for row in rows {
@@ -229,16 +200,6 @@ impl KnownGraph {
                 extend(&mut facts.traces, row.trace_id.as_str().into());
             }
             self.add_to_filter(&key);
-        }
-    }
-
-    /// Adds key index rows the resolver has just stored.
-    pub fn wrote_transaction_keys(&mut self, rows: &[TransactionKeyRow]) {
-        for row in rows {
-            let facts = self.facts_or_new(&Hashed::new(&row.kind, &row.value));
-            if facts.indexed.len() < MAX_PER_KEY && !facts.indexed.iter().any(|known| **known == *row.id) {
-                facts.indexed.push(row.id.as_str().into());
-            }
         }
     }
 
@@ -547,31 +508,6 @@ mod tests {
         assert_eq!(known.edges(&so, false), Some(vec![po.clone()]));
         assert_eq!(known.traces(&po), Some(vec!["t1".to_string()]));
         assert_eq!(known.traces(&so), Some(vec![]), "its edge was written before its traces");
-    }
-
-    #[test]
-    fn only_rows_read_or_written_count_as_stored() {
-        let mut known = KnownGraph::default();
-        let (po, so) = (key("order", "PO-1"), key("sales_order", "SO-1"));
-        let key_trace = |trace: &str| KeyTraceRow { kind: po.0.clone(), value: po.1.clone(), trace_id: trace.into() };
-        let index_row = |id: &str| TransactionKeyRow { value: po.1.clone(), kind: po.0.clone(), id: id.into() };
-        assert!(!known.has_edge(&edge(&po, true, &so)));
-        assert!(!known.has_key_trace(&key_trace("t1")));
-        assert!(!known.indexed(&po, "tx-1"));
-        known.learned_edges(std::slice::from_ref(&po), &[edge(&po, true, &so)], true);
-        known.wrote_key_traces(&[key_trace("t1")]);
-        known.wrote_transaction_keys(&[index_row("tx-1")]);
-        assert!(known.has_edge(&edge(&po, true, &so)));
-        assert!(!known.has_edge(&edge(&po, false, &so)), "the other direction is another row");
-        assert!(!known.has_edge(&edge(&po, true, &key("sales_order", "SO-2"))));
-        // The key's traces were never read whole; the trace written is still known to be stored.
-        assert!(!known.has_key_trace(&key_trace("t1")), "a partial list is not remembered");
-        assert!(known.indexed(&po, "tx-1"));
-        assert!(!known.indexed(&po, "tx-2"));
-        assert!(!known.indexed(&so, "tx-1"));
-        known.forget();
-        assert!(!known.has_edge(&edge(&po, true, &so)));
-        assert!(!known.indexed(&po, "tx-1"));
     }
 
     #[test]
