@@ -1,5 +1,8 @@
 //! What the resolver remembers of the key graph between steps, so that a
-//! step asks the store only about keys it has not met.
+//! step asks the store only about keys it has not met, and writes only
+//! rows the store does not hold already (links, key → trace rows, and the
+//! key index of transactions, which a transaction's every update would
+//! otherwise write again whole).
 //!
 //! The resolver is the only writer of `biz_edges` and `biz_key_traces`.
 //! Every list remembered for a key is complete: either read whole from the
@@ -16,9 +19,10 @@
 //! Memory is bounded: keys live in two generations of at most
 //! [`KEYS_PER_GENERATION`] each; a key read again moves to the newer one,
 //! and the older generation is dropped whole when the newer one fills.
-//! A remembered key with a link and a trace takes about 390 bytes, so the
-//! two generations hold about 80 MB of typical keys; a key with more than
-//! [`MAX_PER_KEY`] links or traces (a busy partner) is not remembered.
+//! A remembered key with a link, a trace and a transaction takes about
+//! 450 bytes, so the two generations hold about 90 MB of typical keys; a
+//! key with more than [`MAX_PER_KEY`] links or traces (a busy partner) is
+//! not remembered.
 //! Forgetting only ever costs queries, so after a failed step the resolver
 //! forgets everything rather than reason about a half-written step.
 
@@ -26,7 +30,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use twox_hash::XxHash64;
-use waybill_store::{EdgeRow, KeyTraceRow};
+use waybill_store::{EdgeRow, KeyTraceRow, TransactionKeyRow};
 
 use crate::graph::Key;
 
@@ -91,11 +95,15 @@ struct Facts {
     up: Option<Vec<Packed>>,
     down: Option<Vec<Packed>>,
     traces: Option<Vec<Box<str>>>,
+    /// Transactions the key index (`transaction_keys`) holds this key
+    /// under, as far as the resolver wrote them: not a complete list,
+    /// only enough to skip writing the same index row again.
+    indexed: Vec<Box<str>>,
 }
 
 impl Facts {
     fn new(key: Packed) -> Self {
-        Facts { key, up: None, down: None, traces: None }
+        Facts { key, up: None, down: None, traces: None, indexed: Vec::new() }
     }
 
     fn is(&self, key: &Hashed) -> bool {
@@ -181,6 +189,32 @@ impl KnownGraph {
         }
     }
 
+    // The three questions below (is this row stored?) leave the
+    // generations as they are: moving every key they ask about to the newer
+    // generation would fill it sooner and make the resolver forget keys it
+    // is about to need.
+
+    /// Whether the store holds `row`, as far as remembered.
+    pub fn has_edge(&self, row: &EdgeRow) -> bool {
+        let other = (row.other_kind.as_str(), row.other_value.as_str());
+        self.peek(&Hashed::new(&row.kind, &row.value))
+            .and_then(|facts| if row.down { facts.down.as_ref() } else { facts.up.as_ref() })
+            .is_some_and(|others| others.iter().any(|known| parts(known) == other))
+    }
+
+    /// Whether the store holds `row`, as far as remembered.
+    pub fn has_key_trace(&self, row: &KeyTraceRow) -> bool {
+        self.peek(&Hashed::new(&row.kind, &row.value))
+            .and_then(|facts| facts.traces.as_ref())
+            .is_some_and(|traces| traces.iter().any(|known| **known == *row.trace_id))
+    }
+
+    /// Whether the key index holds `key` → transaction `id`, as far as the
+    /// resolver remembers writing it.
+    pub fn indexed(&self, key: &Key, id: &str) -> bool {
+        self.peek(&Hashed::new(&key.0, &key.1)).is_some_and(|facts| facts.indexed.iter().any(|known| **known == *id))
+    }
+
     /// Adds edges the resolver has just stored.
     pub fn wrote_edges(&mut self, rows: &[EdgeRow]) {
         for row in rows {
@@ -200,6 +234,18 @@ impl KnownGraph {
                 extend(&mut facts.traces, row.trace_id.as_str().into());
             }
             self.add_to_filter(&key);
+        }
+    }
+
+    /// Adds key index rows the resolver has just stored, to the keys it
+    /// remembers, where they are (the others are simply written again).
+    pub fn wrote_transaction_keys(&mut self, rows: &[TransactionKeyRow]) {
+        for row in rows {
+            let key = Hashed::new(&row.kind, &row.value);
+            let Some(facts) = self.facts.peek_mut(&key.hash).filter(|facts| facts.is(&key)) else { continue };
+            if facts.indexed.len() < MAX_PER_KEY && !facts.indexed.iter().any(|known| **known == *row.id) {
+                facts.indexed.push(row.id.as_str().into());
+            }
         }
     }
 
@@ -229,6 +275,11 @@ impl KnownGraph {
 
     fn facts(&mut self, key: &Hashed) -> Option<&mut Facts> {
         self.facts.get(&key.hash).filter(|facts| facts.is(key))
+    }
+
+    /// The facts of `key`, leaving the generations as they are.
+    fn peek(&self, key: &Hashed) -> Option<&Facts> {
+        self.facts.peek(&key.hash).filter(|facts| facts.is(key))
     }
 
     /// The facts of `key`, new and empty if it was not remembered (and
@@ -266,6 +317,18 @@ impl<K: Hash + Eq + Clone, V, S: BuildHasher + Default> Generations<K, V, S> {
             self.insert(key.clone(), value);
         }
         self.newer.get_mut(key)
+    }
+
+    /// The entry of `key`, in whichever generation it is, without moving it.
+    pub fn peek(&self, key: &K) -> Option<&V> {
+        self.newer.get(key).or_else(|| self.older.get(key))
+    }
+
+    pub fn peek_mut(&mut self, key: &K) -> Option<&mut V> {
+        match self.newer.get_mut(key) {
+            Some(value) => Some(value),
+            None => self.older.get_mut(key),
+        }
     }
 
     pub fn insert(&mut self, key: K, value: V) {
@@ -508,6 +571,33 @@ mod tests {
         assert_eq!(known.edges(&so, false), Some(vec![po.clone()]));
         assert_eq!(known.traces(&po), Some(vec!["t1".to_string()]));
         assert_eq!(known.traces(&so), Some(vec![]), "its edge was written before its traces");
+    }
+
+    #[test]
+    fn only_rows_read_or_written_count_as_stored() {
+        let mut known = KnownGraph::default();
+        let (po, so) = (key("order", "PO-1"), key("sales_order", "SO-1"));
+        let key_trace = |trace: &str| KeyTraceRow { kind: po.0.clone(), value: po.1.clone(), trace_id: trace.into() };
+        let index_row = |id: &str| TransactionKeyRow { value: po.1.clone(), kind: po.0.clone(), id: id.into() };
+        assert!(!known.has_edge(&edge(&po, true, &so)));
+        assert!(!known.has_key_trace(&key_trace("t1")));
+        assert!(!known.indexed(&po, "tx-1"));
+        known.learned_edges(std::slice::from_ref(&po), &[edge(&po, true, &so)], true);
+        known.wrote_key_traces(&[key_trace("t1")]);
+        known.wrote_transaction_keys(&[index_row("tx-1")]);
+        known.wrote_transaction_keys(&[TransactionKeyRow { value: "SO-9".into(), kind: "sales_order".into(), id: "tx-1".into() }]);
+        assert!(!known.indexed(&key("sales_order", "SO-9"), "tx-1"), "only remembered keys keep their index rows");
+        assert!(known.has_edge(&edge(&po, true, &so)));
+        assert!(!known.has_edge(&edge(&po, false, &so)), "the other direction is another row");
+        assert!(!known.has_edge(&edge(&po, true, &key("sales_order", "SO-2"))));
+        // The key's traces were never read whole; the trace written is still known to be stored.
+        assert!(!known.has_key_trace(&key_trace("t1")), "a partial list is not remembered");
+        assert!(known.indexed(&po, "tx-1"));
+        assert!(!known.indexed(&po, "tx-2"));
+        assert!(!known.indexed(&so, "tx-1"));
+        known.forget();
+        assert!(!known.has_edge(&edge(&po, true, &so)));
+        assert!(!known.indexed(&po, "tx-1"));
     }
 
     #[test]

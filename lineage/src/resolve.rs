@@ -305,8 +305,9 @@ impl Resolver {
                 touched.extend(keys);
             }
         }
-        let edges: Vec<EdgeRow> = edges.into_iter().collect();
-        let key_traces: Vec<KeyTraceRow> = key_traces.into_iter().collect();
+        // Rows the store holds already (a trace seen in an earlier step) are not written again.
+        let edges: Vec<EdgeRow> = edges.into_iter().filter(|edge| !self.known.has_edge(edge)).collect();
+        let key_traces: Vec<KeyTraceRow> = key_traces.into_iter().filter(|row| !self.known.has_key_trace(row)).collect();
         self.store.insert("biz_edges", &edges).await?;
         self.known.wrote_edges(&edges);
         self.store.insert("biz_key_traces", &key_traces).await?;
@@ -498,10 +499,16 @@ impl Resolver {
             let closure = graph::closure(root, &down);
             let traces: BTreeSet<&String> = closure.iter().filter_map(|k| traces_of.get(k)).flatten().collect();
             let row = self.assemble(root, &closure, &traces, loaded, now_ns);
-            keys.extend(closure.iter().map(|(kind, value)| TransactionKeyRow { value: value.clone(), kind: kind.clone(), id: row.id.clone() }));
+            // The key index gets only what this update adds to the transaction (most keys were there before).
+            for key in &closure {
+                if !self.known.indexed(key, &row.id) {
+                    keys.push(TransactionKeyRow { value: key.1.clone(), kind: key.0.clone(), id: row.id.clone() });
+                }
+            }
             rows.push(row);
         }
         self.store.insert("transaction_keys", &keys).await?;
+        self.known.wrote_transaction_keys(&keys);
         self.store.insert("transactions", &rows).await?;
         Ok(rows.len())
     }
