@@ -590,7 +590,8 @@ mod tests {
         assert!(known.has_edge(&edge(&po, true, &so)));
         assert!(!known.has_edge(&edge(&po, false, &so)), "the other direction is another row");
         assert!(!known.has_edge(&edge(&po, true, &key("sales_order", "SO-2"))));
-        // The key's traces were never read whole; the trace written is still known to be stored.
+        // The key's traces were never read whole, so the one written is not
+        // remembered either (a list is kept only when complete): it would be written again.
         assert!(!known.has_key_trace(&key_trace("t1")), "a partial list is not remembered");
         assert!(known.indexed(&po, "tx-1"));
         assert!(!known.indexed(&po, "tx-2"));
