@@ -48,6 +48,13 @@ impl Drop for Running {
 }
 
 pub async fn wait_for_status(port: u16, path: &str, want: u16, within: Duration) -> super::RawResponse {
+    wait_for_server(None, port, path, want, within).await
+}
+
+/// Waits for `path` on `port` to answer `want`. With `server` (a process
+/// the test started, and the file its stderr goes to) it fails at once if
+/// the process exits first, and either failure shows what it logged.
+pub async fn wait_for_server(mut server: Option<(&mut Running, &Path)>, port: u16, path: &str, want: u16, within: Duration) -> super::RawResponse {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let start = Instant::now();
     loop {
@@ -57,11 +64,20 @@ pub async fn wait_for_status(port: u16, path: &str, want: u16, within: Duration)
                 return response;
             }
         }
-        assert!(start.elapsed() < within, "{path} did not answer {want} within {within:?}");
+        let logged = match &mut server {
+            Some((running, log)) => {
+                let logged = format!("; it logged:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+                if let Some(status) = running.0.try_wait().unwrap() {
+                    panic!("the server exited with {status} before {path} answered {want}{logged}");
+                }
+                logged
+            }
+            None => String::new(),
+        };
+        assert!(start.elapsed() < within, "{path} did not answer {want} within {within:?}{logged}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-
 
 /// A program on PATH; the message says which Debian package brings it.
 pub fn which(program: &str) -> std::path::PathBuf {

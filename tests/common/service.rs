@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::process::{free_port, waybill, work_dir, Running};
+use super::process::{free_port, wait_for_server, waybill, work_dir, Running};
 use super::sdk::Systems;
 
 /// A running service with a fast resolver.
@@ -44,25 +44,8 @@ impl Service {
             http: SocketAddr::from(([127, 0, 0, 1], http)),
             otlp: SocketAddr::from(([127, 0, 0, 1], otlp)),
         };
-        service.wait_until_ready(&log, Duration::from_secs(60)).await;
+        wait_for_server(Some((&mut service.running, &log)), http, "/readyz", 200, Duration::from_secs(60)).await;
         service
-    }
-
-    /// Waits for `/readyz` to answer 200. A service that exits first, or
-    /// is not ready `within`, fails the test with what it logged.
-    async fn wait_until_ready(&mut self, log: &std::path::Path, within: Duration) {
-        let start = Instant::now();
-        loop {
-            if tokio::net::TcpStream::connect(self.http).await.is_ok() && super::http(self.http, "GET", "/readyz", &[], b"").await.status == 200 {
-                return;
-            }
-            let logged = || std::fs::read_to_string(log).unwrap_or_default();
-            if let Some(status) = self.running.0.try_wait().unwrap() {
-                panic!("serve exited with {status} before it was ready; it logged:\n{}", logged());
-            }
-            assert!(start.elapsed() < within, "/readyz did not answer 200 within {within:?}; serve logged:\n{}", logged());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// Stops the service with SIGTERM, as an operator would.
