@@ -4,10 +4,11 @@
 //! key index of transactions, which a transaction's every update would
 //! otherwise write again whole).
 //!
-//! The resolver is the only writer of `biz_edges` and `biz_key_traces`.
-//! Every list remembered for a key is complete: either read whole from the
-//! store, or started empty for a key the store has never held, and from
-//! then on added to with every row the resolver writes. Whether the store
+//! The resolver is the only writer of `biz_edges`, `biz_key_traces` and
+//! `transaction_keys`. Every list of links or traces remembered for a key
+//! is complete: either read whole from the store, or started empty for a
+//! key the store has never held, and from then on added to with every row
+//! the resolver writes. Whether the store
 //! has ever held a key is answered by a Bloom filter over every key of the
 //! two tables, read at the first step and grown with every write: its "no"
 //! is certain, its "maybe" (about one new key in a hundred) costs a query.
@@ -241,8 +242,7 @@ impl KnownGraph {
     /// remembers, where they are (the others are simply written again).
     pub fn wrote_transaction_keys(&mut self, rows: &[TransactionKeyRow]) {
         for row in rows {
-            let key = Hashed::new(&row.kind, &row.value);
-            let Some(facts) = self.facts.peek_mut(&key.hash).filter(|facts| facts.is(&key)) else { continue };
+            let Some(facts) = self.peek_mut(&Hashed::new(&row.kind, &row.value)) else { continue };
             if facts.indexed.len() < MAX_PER_KEY && !facts.indexed.iter().any(|known| **known == *row.id) {
                 facts.indexed.push(row.id.as_str().into());
             }
@@ -280,6 +280,10 @@ impl KnownGraph {
     /// The facts of `key`, leaving the generations as they are.
     fn peek(&self, key: &Hashed) -> Option<&Facts> {
         self.facts.peek(&key.hash).filter(|facts| facts.is(key))
+    }
+
+    fn peek_mut(&mut self, key: &Hashed) -> Option<&mut Facts> {
+        self.facts.peek_mut(&key.hash).filter(|facts| facts.is(key))
     }
 
     /// The facts of `key`, new and empty if it was not remembered (and
