@@ -471,7 +471,7 @@ async fn an_unreachable_store_loses_nothing_and_stores_resends_once() {
         &[("WAYBILL_PIPELINE__MAX_BATCH_ROWS", "1"), ("WAYBILL_PIPELINE__MAX_QUEUED_ROWS", "1")],
     )
     .await;
-    let (http, otlp, store_port) = (outage.http, outage.otlp, outage.store_port);
+    let (http, otlp) = (outage.http, outage.otlp);
     let json = [("Content-Type", "application/json")];
     let first = json_span("PO-OUTAGE", "00000000000000a1");
 
