@@ -24,7 +24,8 @@
 //! (1,000,000), BENCH_LOOKUPS (2000), BENCH_STEP_EVENTS (business events per
 //! resolve step, 100,000 = 1 s at 100k spans/s), BENCH_STEPS (steady-state
 //! resolve steps, 3), BENCH_STEP_TRACES (the service loop's
-//! `lineage.max_traces_per_step`, default 5000), BENCH_BACKGROUND_LOOKUPS
+//! `lineage.max_traces_per_step`, default 5000), BENCH_REMEMBERED_KEYS
+//! (`lineage.remembered_keys`, default 200,000), BENCH_BACKGROUND_LOOKUPS
 //! (1: lookups beside the resolver wait their turn on the engine like
 //! background work, as before the pages had interactive turns). Figures are
 //! in BENCHMARKS.md.
@@ -722,8 +723,12 @@ async fn main() {
     let target = SchemaTarget { database: "lineage".into(), cluster: None, retention_days: 30 };
     let store = Store::embedded(engine.clone(), target);
     store.migrate().await.unwrap();
-    let config =
-        LineageConfig { max_traces_per_step: env_or("BENCH_STEP_TRACES", LineageConfig::default().max_traces_per_step), ..LineageConfig::default() };
+    let defaults = LineageConfig::default();
+    let config = LineageConfig {
+        max_traces_per_step: env_or("BENCH_STEP_TRACES", defaults.max_traces_per_step),
+        remembered_keys: env_or("BENCH_REMEMBERED_KEYS", defaults.remembered_keys),
+        ..defaults
+    };
     let journey = config.journey("order").unwrap();
     let now = now_ns();
 

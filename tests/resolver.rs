@@ -99,44 +99,49 @@ async fn a_resolver_remembers_across_many_steps_what_a_fresh_one_reads_from_the_
             })
             .collect(),
     );
-    let remembering = common::store("resolver_remembering").await;
-    let mut resolver = Resolver::new(remembering.clone(), LineageConfig::default()).unwrap();
-    for step in &steps {
-        resolve(&mut resolver, &remembering, step).await;
-    }
     let fresh = common::store("resolver_fresh").await;
     for step in &steps {
         resolve(&mut Resolver::new(fresh.clone(), LineageConfig::default()).unwrap(), &fresh, step).await;
     }
-    for order in 0..orders {
-        let invoice = format!("INV-{order}");
-        let (remembered, read) = (
-            &api::by_key(&remembering, &invoice, None, None, 10).await.unwrap(),
-            &api::by_key(&fresh, &invoice, None, None, 10).await.unwrap(),
-        );
-        assert_eq!(remembered.len(), 1);
-        assert_eq!(
-            (&remembered[0].keys, &remembered[0].milestones, &remembered[0].state),
-            (&read[0].keys, &read[0].milestones, &read[0].state)
-        );
-        assert_eq!(keys_of(&remembering, &invoice).await, [format!("PO-{order}"), format!("SO-{order}"), format!("SH-{order}"), invoice]);
-        let milestones: Vec<&str> = remembered[0].milestones.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(milestones, ["order.captured", "order.accepted", "shipment.dispatched", "invoice.posted", "order.corrected"]);
+    // The default memory holds every key here; 12 keys make the resolver
+    // forget most of what it met, mid-step too; 0 remembers nothing.
+    for remembered_keys in [LineageConfig::default().remembered_keys, 12, 0] {
+        let remembering = common::store(&format!("resolver_remembering_{remembered_keys}")).await;
+        let mut resolver = Resolver::new(remembering.clone(), LineageConfig { remembered_keys, ..LineageConfig::default() }).unwrap();
+        for step in &steps {
+            resolve(&mut resolver, &remembering, step).await;
+        }
+        for order in 0..orders {
+            let invoice = format!("INV-{order}");
+            let (remembered, read) = (
+                &api::by_key(&remembering, &invoice, None, None, 10).await.unwrap(),
+                &api::by_key(&fresh, &invoice, None, None, 10).await.unwrap(),
+            );
+            assert_eq!(remembered.len(), 1, "remembering {remembered_keys} keys");
+            assert_eq!(
+                (&remembered[0].keys, &remembered[0].milestones, &remembered[0].state),
+                (&read[0].keys, &read[0].milestones, &read[0].state),
+                "remembering {remembered_keys} keys"
+            );
+            assert_eq!(keys_of(&remembering, &invoice).await, [format!("PO-{order}"), format!("SO-{order}"), format!("SH-{order}"), invoice]);
+            let milestones: Vec<&str> = remembered[0].milestones.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(milestones, ["order.captured", "order.accepted", "shipment.dispatched", "invoice.posted", "order.corrected"]);
+        }
+        // The remembering resolver skips writing rows it knows are stored;
+        // the key graph and the key index must still hold exactly what the
+        // fresh resolvers wrote.
+        for (table, row) in [
+            ("biz_edges", "concat(Kind, '|', Value, '|', toString(Down), '|', OtherKind, '|', OtherValue)"),
+            ("biz_key_traces", "concat(Kind, '|', Value, '|', TraceId)"),
+            ("transaction_keys", "concat(Kind, '|', Value, '|', Id)"),
+        ] {
+            let sql = format!("SELECT DISTINCT {row} AS row FROM {table} ORDER BY row");
+            let (remembered, read): (Vec<String>, Vec<String>) = (remembering.fetch_all(&sql).await.unwrap(), fresh.fetch_all(&sql).await.unwrap());
+            assert!(!read.is_empty());
+            assert_eq!(remembered, read, "{table}, remembering {remembered_keys} keys");
+        }
+        common::drop_database(&remembering).await;
     }
-    // The remembering resolver skips writing rows it knows are stored; the
-    // key graph and the key index must still hold exactly what the fresh
-    // resolvers wrote.
-    for (table, row) in [
-        ("biz_edges", "concat(Kind, '|', Value, '|', toString(Down), '|', OtherKind, '|', OtherValue)"),
-        ("biz_key_traces", "concat(Kind, '|', Value, '|', TraceId)"),
-        ("transaction_keys", "concat(Kind, '|', Value, '|', Id)"),
-    ] {
-        let sql = format!("SELECT DISTINCT {row} AS row FROM {table} ORDER BY row");
-        let (remembered, read): (Vec<String>, Vec<String>) = (remembering.fetch_all(&sql).await.unwrap(), fresh.fetch_all(&sql).await.unwrap());
-        assert!(!read.is_empty());
-        assert_eq!(remembered, read, "{table}");
-    }
-    common::drop_database(&remembering).await;
     common::drop_database(&fresh).await;
 }
 

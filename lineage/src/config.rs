@@ -43,6 +43,10 @@ pub struct LineageConfig {
     /// Pending traces one resolve step takes. Larger steps resolve a
     /// backlog faster and hold more in memory while they run.
     pub max_traces_per_step: usize,
+    /// Keys of the key graph the resolver remembers between steps (the
+    /// most recently used), about 450 bytes each. More keys save queries
+    /// when many transactions are in flight; 0 remembers nothing.
+    pub remembered_keys: usize,
 }
 
 impl Default for LineageConfig {
@@ -67,6 +71,7 @@ impl Default for LineageConfig {
             )]),
             resolve_interval_ms: 1000,
             max_traces_per_step: 5000,
+            remembered_keys: 200_000,
         }
     }
 }

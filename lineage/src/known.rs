@@ -17,11 +17,11 @@
 //! each keeps its own key, so two keys with one hash are never confused:
 //! the later simply takes the earlier's place.
 //!
-//! Memory is bounded: keys live in two generations of at most
-//! [`KEYS_PER_GENERATION`] each; a key read again moves to the newer one,
+//! Memory is bounded: keys live in two generations of half of
+//! `lineage.remembered_keys` each; a key read again moves to the newer one,
 //! and the older generation is dropped whole when the newer one fills.
 //! A remembered key with a link, a trace and a transaction takes about
-//! 450 bytes, so the two generations hold about 90 MB of typical keys; a
+//! 450 bytes, so the default 200,000 keys hold about 90 MB; a
 //! key with more than [`MAX_PER_KEY`] links or traces (a busy partner) is
 //! not remembered.
 //! Forgetting only ever costs queries, so after a failed step the resolver
@@ -35,8 +35,6 @@ use waybill_store::{EdgeRow, KeyTraceRow, TransactionKeyRow};
 
 use crate::graph::Key;
 
-/// Keys remembered per generation; two generations are kept.
-pub(crate) const KEYS_PER_GENERATION: usize = 100_000;
 /// Links or traces remembered per key and direction at most: a key shared
 /// by more (a partner, a SKU) is read from the store each time instead.
 const MAX_PER_KEY: usize = 1000;
@@ -126,13 +124,12 @@ pub(crate) struct KnownGraph {
     facts: Generations<u64, Facts, BuildHasherDefault<Unhashed>>,
 }
 
-impl Default for KnownGraph {
-    fn default() -> Self {
-        KnownGraph { filter: None, facts: Generations::new(KEYS_PER_GENERATION) }
-    }
-}
-
 impl KnownGraph {
+    /// Remembers up to `keys` keys, in two generations of half as many.
+    pub fn new(keys: usize) -> Self {
+        KnownGraph { filter: None, facts: Generations::new(keys.div_ceil(2).max(1)) }
+    }
+
     /// True until a filter is in place (at the first step, after a failed
     /// one, or once the filter holds more keys than it was sized for).
     pub fn needs_filter(&self) -> bool {
@@ -468,6 +465,8 @@ mod tests {
 
     use super::*;
 
+    const REMEMBERED_KEYS: usize = 20_000;
+
     fn key(kind: &str, value: &str) -> Key {
         (kind.to_string(), value.to_string())
     }
@@ -477,7 +476,7 @@ mod tests {
     }
 
     fn with_empty_filter() -> KnownGraph {
-        let mut known = KnownGraph::default();
+        let mut known = KnownGraph::new(REMEMBERED_KEYS);
         known.set_filter(KeyFilter::for_keys(0));
         known
     }
@@ -534,7 +533,7 @@ mod tests {
 
     #[test]
     fn two_keys_with_one_hash_are_never_taken_for_each_other() {
-        let mut known = KnownGraph::default();
+        let mut known = KnownGraph::new(REMEMBERED_KEYS);
         let (po1, po2) = (key("order", "PO-1"), key("order", "PO-2"));
         let row = |k: &Key, trace: &str| KeyTraceRow { kind: k.0.clone(), value: k.1.clone(), trace_id: trace.into() };
         known.learned_traces(std::slice::from_ref(&po1), &[row(&po1, "t1")]);
@@ -549,7 +548,7 @@ mod tests {
 
     #[test]
     fn without_a_filter_only_what_was_read_is_known() {
-        let mut known = KnownGraph::default();
+        let mut known = KnownGraph::new(REMEMBERED_KEYS);
         let (po, so) = (key("order", "PO-1"), key("sales_order", "SO-1"));
         assert_eq!(known.edges(&so, false), None);
         known.learned_edges(std::slice::from_ref(&so), &[edge(&so, false, &po)], false);
@@ -579,7 +578,7 @@ mod tests {
 
     #[test]
     fn only_rows_read_or_written_count_as_stored() {
-        let mut known = KnownGraph::default();
+        let mut known = KnownGraph::new(REMEMBERED_KEYS);
         let (po, so) = (key("order", "PO-1"), key("sales_order", "SO-1"));
         let key_trace = |trace: &str| KeyTraceRow { kind: po.0.clone(), value: po.1.clone(), trace_id: trace.into() };
         let index_row = |id: &str| TransactionKeyRow { value: po.1.clone(), kind: po.0.clone(), id: id.into() };
@@ -607,7 +606,7 @@ mod tests {
 
     #[test]
     fn a_key_in_the_store_but_not_remembered_must_be_read() {
-        let mut known = KnownGraph::default();
+        let mut known = KnownGraph::new(REMEMBERED_KEYS);
         let mut filter = KeyFilter::for_keys(0);
         let po = key("order", "PO-1");
         filter.insert(key_hash(&po.0, &po.1));
@@ -620,17 +619,17 @@ mod tests {
 
     #[test]
     fn memory_stays_within_two_generations_and_what_is_used_stays() {
-        let mut known = KnownGraph::default();
+        let mut known = KnownGraph::new(REMEMBERED_KEYS);
         let hot = key("order", "PO-hot");
         known.learned_traces(std::slice::from_ref(&hot), &[]);
-        for i in 0..KEYS_PER_GENERATION * 3 {
+        for i in 0..REMEMBERED_KEYS * 2 {
             let cold = key("order", &format!("PO-{i}"));
             known.learned_traces(std::slice::from_ref(&cold), &[]);
             if i % 1000 == 0 {
                 assert_eq!(known.traces(&hot), Some(vec![]));
             }
         }
-        assert!(known.remembered() <= 2 * KEYS_PER_GENERATION);
+        assert!(known.remembered() <= REMEMBERED_KEYS);
         assert_eq!(known.traces(&hot), Some(vec![]));
         assert_eq!(known.traces(&key("order", "PO-0")), None, "the oldest are forgotten");
         known.forget();

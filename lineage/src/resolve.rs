@@ -63,8 +63,9 @@ pub struct Resolver {
     journeys: HashMap<String, Vec<Step>>,
     last_version: u64,
     known: KnownGraph,
-    /// False on a cluster: rows written through Distributed tables reach
-    /// their shards later, so what was just read may be incomplete.
+    /// False on a cluster, where rows written through Distributed tables
+    /// reach their shards later, so what was just read may be incomplete;
+    /// and where `lineage.remembered_keys` is 0.
     remember: bool,
     /// The key graph's last rewrite seen (`REWRITTEN_NAME`).
     rewritten_us: Option<i64>,
@@ -95,8 +96,9 @@ impl Resolver {
     pub fn new(store: Store, config: LineageConfig) -> Result<Self, String> {
         config.validate()?;
         let journeys = config.kinds.iter().map(|kind| Ok((kind.clone(), config.journey(kind)?))).collect::<Result<_, String>>()?;
-        let remember = store.target().cluster.is_none();
-        Ok(Resolver { store, config, journeys, last_version: 0, known: KnownGraph::default(), remember, rewritten_us: None })
+        let remember = store.target().cluster.is_none() && config.remembered_keys > 0;
+        let known = KnownGraph::new(config.remembered_keys);
+        Ok(Resolver { store, config, journeys, last_version: 0, known, remember, rewritten_us: None })
     }
 
     /// Runs until `shutdown`: resolves the traces the pipeline names, and
