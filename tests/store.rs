@@ -298,7 +298,7 @@ async fn restart_child(dir: &str) {
     let step = std::env::var("WAYBILL_TEST_RESTART_STEP").unwrap();
     let config = StoreConfig {
         database: "t_restart".into(),
-        embedded: waybill_store::config::EmbeddedConfig { path: dir.into(), library: Some(common::library()) },
+        embedded: waybill_store::config::EmbeddedConfig { path: dir.into(), library: Some(common::library()), ..Default::default() },
         ..StoreConfig::default()
     };
     let store = Store::open(&config).await.unwrap();

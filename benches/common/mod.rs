@@ -19,11 +19,15 @@ pub fn now_ns() -> i64 {
 }
 
 /// The embedded engine over an empty `dir`: whatever an earlier run left
-/// there is removed first.
+/// there is removed first. `WAYBILL_STORE__EMBEDDED__CONNECTIONS` sets its
+/// connections, as for the service.
 pub fn fresh_engine(dir: &Path) -> Engine {
     let _ = std::fs::remove_dir_all(dir);
     let library = std::env::var_os("WAYBILL_STORE__EMBEDDED__LIBRARY").map(Into::into).unwrap_or_else(waybill_store::engine::default_library_path);
-    Engine::open(&library, dir).expect("open the embedded engine (run scripts/fetch-engine.sh)")
+    let connections = std::env::var("WAYBILL_STORE__EMBEDDED__CONNECTIONS")
+        .map(|n| n.parse().expect("WAYBILL_STORE__EMBEDDED__CONNECTIONS is a number"))
+        .unwrap_or(waybill_store::engine::DEFAULT_CONNECTIONS);
+    Engine::open(&library, dir, connections).expect("open the embedded engine (run scripts/fetch-engine.sh)")
 }
 
 /// A migrated store in database `database` of `engine`.

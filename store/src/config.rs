@@ -37,6 +37,10 @@ pub struct EmbeddedConfig {
     pub path: PathBuf,
     /// Path of `libchdb.so`; default: where `scripts/fetch-engine.sh` puts it.
     pub library: Option<PathBuf>,
+    /// Connections to the engine. Calls on different connections run in
+    /// parallel; one is kept for pages and the JSON API. 1: every call
+    /// takes its turn on one connection.
+    pub connections: usize,
 }
 
 /// A ClickHouse server reached over its HTTP interface.
@@ -77,7 +81,7 @@ impl Default for StoreConfig {
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
-        EmbeddedConfig { path: PathBuf::from("data/clickhouse"), library: None }
+        EmbeddedConfig { path: PathBuf::from("data/clickhouse"), library: None, connections: crate::engine::DEFAULT_CONNECTIONS }
     }
 }
 
@@ -127,6 +131,9 @@ impl StoreConfig {
         }
         if self.mode == StoreMode::Embedded && self.embedded.path.as_os_str().is_empty() {
             return invalid("store.embedded.path must not be empty".into());
+        }
+        if !(1..=64).contains(&self.embedded.connections) {
+            return invalid(format!("store.embedded.connections must be between 1 and 64, got {}", self.embedded.connections));
         }
         Ok(())
     }

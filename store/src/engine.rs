@@ -1,11 +1,13 @@
 //! The embedded ClickHouse engine: chDB's C library (`libchdb.so`) loaded at
-//! run time, one connection per process, one call at a time. Calls for a
-//! person waiting on a page go before background calls that wait
-//! ([`Priority`]).
+//! run time. One engine per process, on one data directory, with a few
+//! connections to it: calls on different connections run in parallel, and
+//! one connection is kept for the calls of a person waiting on a page
+//! ([`Priority`]), so a page never queues behind ingest and lineage work.
 //!
-//! chDB keeps one session per process: the current database is session state,
-//! so [`Engine::query`] switches it under the same lock as the query itself.
-//! Calls block; async callers go through `tokio::task::spawn_blocking`.
+//! Each connection is a session of its own: the current database is
+//! session state, so [`Engine::query`] switches it on the connection the
+//! query runs on. Calls block; async callers go through
+//! `tokio::task::spawn_blocking`.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
@@ -170,15 +172,24 @@ impl Api {
     }
 }
 
-/// The open connection and the session state that goes with it.
+/// An open connection and the session state that goes with it.
 struct Session {
     conn: *mut *mut c_void,
     current_database: Option<String>,
 }
 
-// SAFETY: the connection pointer is only used under the `Engine::session`
-// mutex, and chDB connections may be used from any thread.
+// SAFETY: a connection is used by one call at a time (it is taken out of
+// the pool for the call), and chDB connections may be used from any thread.
 unsafe impl Send for Session {}
+
+/// Connections the engine opens unless told otherwise
+/// (`store.embedded.connections`).
+pub const DEFAULT_CONNECTIONS: usize = 4;
+
+/// chDB does not keep query parameters apart between connections that run
+/// at once, so calls with parameters (rare: the SQL endpoint's checks and
+/// users' `param_*`) take turns among themselves.
+static PARAMETERIZED: Mutex<()> = Mutex::new(());
 
 /// A handle to the process's embedded engine. Cloning shares it.
 #[derive(Clone)]
@@ -189,16 +200,16 @@ pub struct Engine {
 struct EngineInner {
     api: &'static Api,
     data_dir: PathBuf,
-    turns: Turns,
-    session: Mutex<Option<Session>>,
+    pool: Pool,
 }
 
-/// Whose call it is. The engine runs one call at a time, so a lookup
-/// waits for the call running; interactive calls also go before the
-/// background calls waiting with them, so a page does not queue behind a
-/// backlog of ingest batches and resolve steps. After
+/// Whose call it is. Background calls use all connections but one, which
+/// is kept for interactive calls, so a page waits for another page at
+/// most, never for ingest batches and resolve steps. Interactive calls
+/// also go before the background calls waiting with them; after
 /// [`INTERACTIVE_STREAK`] interactive turns in a row a waiting background
-/// call has its turn, so busy pages cannot stall ingest.
+/// call has its turn, so busy pages cannot stall ingest. With one
+/// connection every call takes its turn on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Priority {
     /// Ingest, lineage, alerts, migrations, and users' own SQL.
@@ -211,48 +222,79 @@ pub enum Priority {
 /// Interactive turns in a row before a waiting background call goes.
 pub const INTERACTIVE_STREAK: usize = 4;
 
-/// The queue for the engine: who runs, and who waits.
-#[derive(Default)]
-struct Turns {
-    state: Mutex<TurnState>,
+/// The engine's connections: which are free, who runs, and who waits.
+struct Pool {
+    state: Mutex<PoolState>,
     changed: Condvar,
 }
 
-#[derive(Default)]
-struct TurnState {
-    running: bool,
+struct PoolState {
+    /// Connections not in a call.
+    idle: Vec<Session>,
+    /// Connections open, idle or in a call.
+    open: usize,
+    running_background: usize,
     interactive_waiting: usize,
     background_waiting: usize,
     /// Interactive turns since the last background one.
     interactive_streak: usize,
+    /// Set by [`Engine::close`]: no call starts any more.
+    closed: bool,
 }
 
-impl TurnState {
+impl PoolState {
+    fn new(sessions: Vec<Session>) -> Self {
+        PoolState {
+            open: sessions.len(),
+            idle: sessions,
+            running_background: 0,
+            interactive_waiting: 0,
+            background_waiting: 0,
+            interactive_streak: 0,
+            closed: false,
+        }
+    }
+
+    /// Whether a background call would find a connection it may use.
+    fn background_may_start(&self) -> bool {
+        let background_connections = self.open.saturating_sub(1).max(1);
+        !self.idle.is_empty() && self.running_background < background_connections
+    }
+
     /// Whether a call of this kind may run now.
     fn may_run(&self, interactive: bool) -> bool {
-        if self.running {
+        if self.idle.is_empty() {
             return false;
         }
-        let background_owed = self.background_waiting > 0 && self.interactive_streak >= INTERACTIVE_STREAK;
+        let background_owed =
+            self.background_waiting > 0 && self.interactive_streak >= INTERACTIVE_STREAK && self.background_may_start();
         if interactive {
             !background_owed
         } else {
-            self.interactive_waiting == 0 || background_owed
+            self.background_may_start() && (self.interactive_waiting == 0 || background_owed)
         }
     }
 }
 
-/// The right to call the engine, given back when dropped.
-struct Turn<'a>(&'a Turns);
+/// A connection taken for one call, given back when dropped.
+struct Turn<'a> {
+    pool: &'a Pool,
+    session: Option<Session>,
+    interactive: bool,
+}
 
-impl Turns {
-    fn lock(&self) -> MutexGuard<'_, TurnState> {
+impl Pool {
+    fn new(sessions: Vec<Session>) -> Self {
+        Pool { state: Mutex::new(PoolState::new(sessions)), changed: Condvar::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until no call runs and, for a background call, no interactive
-    /// call waits (or the interactive streak is over).
-    fn take(&self, priority: Priority) -> Turn<'_> {
+    /// Waits for a connection this call may use and, for a background call,
+    /// until no interactive call waits (or the interactive streak is over).
+    fn take(&self, priority: Priority) -> Result<Turn<'_>, EngineError> {
         let mut state = self.lock();
         let interactive = priority == Priority::Interactive;
         if interactive {
@@ -260,26 +302,44 @@ impl Turns {
         } else {
             state.background_waiting += 1;
         }
-        while !state.may_run(interactive) {
+        while !state.closed && !state.may_run(interactive) {
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         if interactive {
             state.interactive_waiting -= 1;
-            state.interactive_streak += 1;
         } else {
             state.background_waiting -= 1;
-            state.interactive_streak = 0;
         }
-        state.running = true;
-        Turn(self)
+        if state.closed {
+            return Err(EngineError::Closed);
+        }
+        if interactive {
+            state.interactive_streak += 1;
+        } else {
+            state.interactive_streak = 0;
+            state.running_background += 1;
+        }
+        let session = state.idle.pop().expect("may_run checked for an idle connection");
+        Ok(Turn { pool: self, session: Some(session), interactive })
+    }
+}
+
+impl Turn<'_> {
+    fn session(&mut self) -> &mut Session {
+        self.session.as_mut().expect("a turn holds its connection until dropped")
     }
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        self.0.lock().running = false;
+        let mut state = self.pool.lock();
+        if !self.interactive {
+            state.running_background -= 1;
+        }
+        state.idle.extend(self.session.take());
+        drop(state);
         // Every waiter checks again: an interactive one may be among them.
-        self.0.changed.notify_all();
+        self.pool.changed.notify_all();
     }
 }
 
@@ -289,14 +349,15 @@ static OPEN_ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
 static API: OnceLock<Api> = OnceLock::new();
 
 impl Engine {
-    /// Opens the engine on `data_dir` (created if missing), loading the
-    /// library from `library`. A second call in the same process with the same
-    /// directory returns the engine already open.
-    pub fn open(library: &Path, data_dir: &Path) -> Result<Engine, EngineError> {
+    /// Opens the engine on `data_dir` (created if missing) with `connections`
+    /// connections (at least one), loading the library from `library`. A
+    /// second call in the same process with the same directory returns the
+    /// engine already open.
+    pub fn open(library: &Path, data_dir: &Path, connections: usize) -> Result<Engine, EngineError> {
         let data_dir = prepare_data_dir(data_dir)?;
         let mut open = OPEN_ENGINE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(engine) = open.as_ref() {
-            if engine.inner.session.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            if !engine.inner.pool.lock().closed {
                 if engine.inner.data_dir == data_dir {
                     return Ok(engine.clone());
                 }
@@ -313,15 +374,20 @@ impl Engine {
                 API.get_or_init(|| api)
             }
         };
-        let conn = connect(api, &data_dir)?;
-        let engine = Engine {
-            inner: Arc::new(EngineInner {
-                api,
-                data_dir,
-                turns: Turns::default(),
-                session: Mutex::new(Some(Session { conn, current_database: None })),
-            }),
-        };
+        let mut sessions = Vec::new();
+        for _ in 0..connections.max(1) {
+            match connect(api, &data_dir) {
+                Ok(conn) => sessions.push(Session { conn, current_database: None }),
+                Err(err) => {
+                    for session in sessions {
+                        // SAFETY: opened just above and used by no call.
+                        unsafe { (api.close)(session.conn) };
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let engine = Engine { inner: Arc::new(EngineInner { api, data_dir, pool: Pool::new(sessions) }) };
         if open.is_none() {
             // SAFETY: registering a plain extern "C" function with glibc's on_exit.
             unsafe { on_exit(exit_without_engine_destructors, std::ptr::null_mut()) };
@@ -344,9 +410,8 @@ impl Engine {
     /// Runs one query in its turn for `priority` and returns its whole
     /// output. Blocks the calling thread.
     pub fn query_as(&self, priority: Priority, query: EngineQuery<'_>) -> Result<QueryOutput, EngineError> {
-        let _turn = self.inner.turns.take(priority);
-        let mut guard = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-        let session = guard.as_mut().ok_or(EngineError::Closed)?;
+        let mut turn = self.inner.pool.take(priority)?;
+        let session = turn.session();
         if let Some(database) = query.database {
             if session.current_database.as_deref() != Some(database) {
                 let use_sql = format!("USE {}", crate::sql::quote_identifier(database));
@@ -365,12 +430,14 @@ impl Engine {
         params: &[(String, String)],
     ) -> Result<QueryOutput, EngineError> {
         let api = self.inner.api;
+        let _parameterized = (!params.is_empty()).then(|| PARAMETERIZED.lock().unwrap_or_else(|e| e.into_inner()));
         let names: Vec<*const c_char> = params.iter().map(|(n, _)| n.as_ptr().cast()).collect();
         let name_lens: Vec<usize> = params.iter().map(|(n, _)| n.len()).collect();
         let values: Vec<*const c_char> = params.iter().map(|(_, v)| v.as_ptr().cast()).collect();
         let value_lens: Vec<usize> = params.iter().map(|(_, v)| v.len()).collect();
-        // SAFETY: `session.conn` is open (checked by the caller under the lock);
-        // every buffer outlives the call and is passed with its length.
+        // SAFETY: `session.conn` is open (the pool hands out open connections
+        // only) and used by this call alone; every buffer outlives the call
+        // and is passed with its length.
         let result = unsafe {
             (api.query)(
                 *session.conn,
@@ -418,14 +485,22 @@ impl Engine {
         output
     }
 
-    /// Closes the connection; later queries fail with [`EngineError::Closed`].
-    /// Safe to call more than once. The engine may be opened again afterwards.
+    /// Closes the connections once the calls running have returned; later
+    /// queries fail with [`EngineError::Closed`]. Safe to call more than
+    /// once. The engine may be opened again afterwards.
     pub fn close(&self) {
-        let mut guard = self.inner.session.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(session) = guard.take() {
-            // SAFETY: the connection is open and no call is running (we hold the lock).
+        let pool = &self.inner.pool;
+        let mut state = pool.lock();
+        state.closed = true;
+        pool.changed.notify_all();
+        while state.idle.len() < state.open {
+            state = pool.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        for session in state.idle.drain(..) {
+            // SAFETY: the connection is open and back in the pool, so no call uses it.
             unsafe { (self.inner.api.close)(session.conn) };
         }
+        state.open = 0;
     }
 }
 
@@ -470,7 +545,7 @@ extern "C" {
 /// C stdio and leave with the same status, skipping those destructors.
 extern "C" fn exit_without_engine_destructors(status: c_int, _arg: *mut c_void) {
     let still_open = match OPEN_ENGINE.try_lock() {
-        Ok(open) => open.as_ref().is_some_and(|e| e.inner.session.try_lock().map_or(true, |s| s.is_some())),
+        Ok(open) => open.as_ref().is_some_and(|e| e.inner.pool.state.try_lock().map_or(true, |s| !s.closed)),
         Err(_) => true,
     };
     if still_open {
@@ -505,18 +580,23 @@ mod tests {
         assert!(text.contains(CHDB_VERSION.trim()), "{text}");
     }
 
+    /// A pool of `n` connections that are never called.
+    fn pool_of(n: usize) -> Pool {
+        Pool::new((0..n).map(|_| Session { conn: std::ptr::null_mut(), current_database: None }).collect())
+    }
+
     /// The order in which `calls` get their turns when they all wait, in
-    /// this order, for a call that is running.
+    /// this order, for a call that is running on the only connection.
     fn turn_order(calls: &[(Priority, &str)]) -> Vec<String> {
-        let turns = Arc::new(Turns::default());
+        let pool = Arc::new(pool_of(1));
         let order = Arc::new(Mutex::new(Vec::new()));
-        let running = turns.take(Priority::Background);
+        let running = pool.take(Priority::Background).unwrap();
         let mut threads = Vec::new();
         let (mut background, mut interactive) = (0, 0);
         for &(priority, name) in calls {
-            let (waiter, order, name) = (turns.clone(), order.clone(), name.to_owned());
+            let (waiter, order, name) = (pool.clone(), order.clone(), name.to_owned());
             threads.push(std::thread::spawn(move || {
-                let _turn = waiter.take(priority);
+                let _turn = waiter.take(priority).unwrap();
                 order.lock().unwrap().push(name);
             }));
             match priority {
@@ -525,7 +605,7 @@ mod tests {
             }
             // Wait until this call waits too.
             loop {
-                let state = turns.lock();
+                let state = pool.lock();
                 if state.background_waiting == background && state.interactive_waiting == interactive {
                     break;
                 }
@@ -539,6 +619,46 @@ mod tests {
         }
         let order = order.lock().unwrap().clone();
         order
+    }
+
+    #[test]
+    fn background_calls_leave_one_connection_to_pages() {
+        let pool = pool_of(4);
+        let background: Vec<Turn> = (0..3).map(|_| pool.take(Priority::Background).unwrap()).collect();
+        assert!(!pool.lock().may_run(false), "a fourth background call waits");
+        assert!(pool.lock().may_run(true), "a page runs beside them");
+        let page = pool.take(Priority::Interactive).unwrap();
+        assert!(!pool.lock().may_run(true), "every connection is in use");
+        drop(page);
+        drop(background);
+        assert_eq!(pool.lock().idle.len(), 4);
+        assert_eq!(pool.lock().running_background, 0);
+    }
+
+    #[test]
+    fn with_one_connection_every_call_takes_its_turn_on_it() {
+        let pool = pool_of(1);
+        let batch = pool.take(Priority::Background).unwrap();
+        assert!(!pool.lock().may_run(true) && !pool.lock().may_run(false));
+        drop(batch);
+        assert!(pool.lock().may_run(false), "a background call may use the only connection");
+    }
+
+    #[test]
+    fn a_closed_engine_refuses_the_calls_that_wait_for_it() {
+        let pool = Arc::new(pool_of(1));
+        let running = pool.take(Priority::Background).unwrap();
+        let waiter = std::thread::spawn({
+            let pool = pool.clone();
+            move || pool.take(Priority::Interactive).err().map(|e| e.to_string())
+        });
+        while pool.lock().interactive_waiting == 0 {
+            std::thread::yield_now();
+        }
+        pool.lock().closed = true;
+        pool.changed.notify_all();
+        assert_eq!(waiter.join().unwrap().as_deref(), Some("the embedded engine is closed"));
+        drop(running);
     }
 
     #[test]

@@ -51,8 +51,8 @@ impl Store {
         match config.mode {
             StoreMode::Embedded => {
                 let library = config.library_path();
-                let path = config.embedded.path.clone();
-                let engine = tokio::task::spawn_blocking(move || Engine::open(&library, &path))
+                let (path, connections) = (config.embedded.path.clone(), config.embedded.connections);
+                let engine = tokio::task::spawn_blocking(move || Engine::open(&library, &path, connections))
                     .await
                     .map_err(|e| StoreError::Task(e.to_string()))??;
                 Ok(Store::embedded(engine, target))
@@ -92,9 +92,9 @@ impl Store {
     }
 
     /// The same store for Waybill's pages and JSON API: on the embedded
-    /// engine its calls go before background calls waiting for their turn
-    /// (`engine::Priority`). A ClickHouse server has its own scheduling and
-    /// gets the same requests as before.
+    /// engine its calls may use the connection kept for them, and go before
+    /// background calls waiting for one (`engine::Priority`). A ClickHouse
+    /// server has its own scheduling and gets the same requests as before.
     pub fn interactive(&self) -> Store {
         let mut store = self.clone();
         if store.engine.is_some() {

@@ -42,7 +42,7 @@ pub fn engine() -> Engine {
         let _ = std::fs::remove_dir_all(&dir);
         dir
     });
-    Engine::open(&library(), dir).unwrap_or_else(|e| panic!("cannot open the embedded engine: {e}"))
+    Engine::open(&library(), dir, waybill_store::engine::DEFAULT_CONNECTIONS).unwrap_or_else(|e| panic!("cannot open the embedded engine: {e}"))
 }
 
 pub fn target(database: &str) -> SchemaTarget {
