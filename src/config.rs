@@ -125,6 +125,9 @@ pub struct PipelineSettings {
     pub max_queued_rows: usize,
     /// Seconds a failed batch is retried before exporters get 503 / UNAVAILABLE.
     pub retry_seconds: u64,
+    /// Batches written at once: while one waits for the store, the next
+    /// gathers and is written beside it.
+    pub writers: usize,
 }
 
 impl Default for PipelineSettings {
@@ -136,6 +139,7 @@ impl Default for PipelineSettings {
             flush_interval_ms: defaults.flush_interval.as_millis() as u64,
             max_queued_rows: defaults.max_queued_rows,
             retry_seconds: defaults.retry_for.as_secs(),
+            writers: defaults.writers,
         }
     }
 }
@@ -161,6 +165,7 @@ impl PipelineSettings {
             flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
             max_queued_rows: self.max_queued_rows,
             retry_for: std::time::Duration::from_secs(self.retry_seconds),
+            writers: self.writers,
             ..crate::pipeline::PipelineConfig::default()
         }
     }
@@ -344,6 +349,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "pipeline.max_batch_rows must be positive and pipeline.max_queued_rows at least as large (and below 4294967295)".into(),
             ));
+        }
+        if !(1..=16).contains(&p.writers) {
+            return Err(ConfigError::Invalid(format!("pipeline.writers must be between 1 and 16, got {}", p.writers)));
         }
         let mut listeners = vec![
             ("http.listen", self.http.listen),

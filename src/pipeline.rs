@@ -22,7 +22,7 @@
 //! which traces got new ones.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +51,9 @@ pub struct PipelineConfig {
     pub retry_for: Duration,
     /// How many stored request digests are remembered.
     pub remembered_requests: usize,
+    /// Batches written at once, each by a writer of its own: while one
+    /// waits for its INSERTs the next gathers and is written beside it.
+    pub writers: usize,
 }
 
 impl Default for PipelineConfig {
@@ -62,6 +65,7 @@ impl Default for PipelineConfig {
             max_queued_rows: 200_000,
             retry_for: Duration::from_secs(10),
             remembered_requests: 100_000,
+            writers: 2,
         }
     }
 }
@@ -185,8 +189,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts the writer task; it ends, after writing what is queued, once
-    /// the pipeline is dropped. `extractor` finds the business events of
+    /// Starts the writers; the task returned ends, after writing what is
+    /// queued, once the pipeline is dropped. `extractor` finds the business events of
     /// each request; `resolver`, if any, is told the traces that got some.
     pub fn start(
         store: Store,
@@ -208,7 +212,15 @@ impl Pipeline {
             max_queued_rows,
             ledger: ledger.clone(),
         });
-        let writer = tokio::spawn(write_batches(store, receiver, config, ledger, resolver));
+        let shared = Arc::new(Writers { queue: tokio::sync::Mutex::new(receiver), writing: AtomicUsize::new(0), wrote: tokio::sync::Notify::new() });
+        let writers: Vec<_> = (0..config.writers.max(1))
+            .map(|_| tokio::spawn(write_batches(store.clone(), shared.clone(), config, ledger.clone(), resolver.clone())))
+            .collect();
+        let writer = tokio::spawn(async move {
+            for writer in writers {
+                let _ = writer.await;
+            }
+        });
         (pipeline, writer)
     }
 
@@ -331,21 +343,26 @@ impl RecentDigests {
     }
 }
 
-/// The writer: gathers submissions into batches and writes each batch.
-async fn write_batches(
-    store: Store,
-    mut queue: mpsc::UnboundedReceiver<Submission>,
-    config: PipelineConfig,
-    ledger: Arc<Mutex<Ledger>>,
-    resolver: Option<Notifier>,
-) {
-    static BATCH: AtomicU64 = AtomicU64::new(0);
-    // Tokens must not repeat across restarts within the dedup window.
-    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    while let Some(first) = queue.recv().await {
-        // Take what is waiting; with a linger, wait that long for more. While
-        // a batch is being written the next one gathers, so batches grow with
-        // load and a lone exporter is not held back by a timer.
+/// What the writers share: the queue they take turns gathering from, and
+/// how many of them are writing a batch.
+struct Writers {
+    queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<Submission>>,
+    writing: AtomicUsize,
+    /// Signalled whenever a writer finishes a batch.
+    wrote: tokio::sync::Notify,
+}
+
+impl Writers {
+    /// Takes what is waiting, as one batch, and counts its writer as
+    /// writing. While another batch is being written the next one gathers
+    /// until that write ends or the batch is full, so batches grow with
+    /// load, a lone exporter is not held back by a timer, and a second
+    /// batch goes beside the first only when a full one is waiting. With a
+    /// linger, it waits that long for more. `None` once the pipeline is
+    /// dropped and everything queued is taken.
+    async fn gather(&self, config: &PipelineConfig) -> Option<(Vec<Submission>, usize, usize)> {
+        let mut queue = self.queue.lock().await;
+        let first = queue.recv().await?;
         let deadline = Instant::now() + config.flush_interval;
         let mut rows = first.rows();
         let mut bytes = first.bytes;
@@ -354,16 +371,50 @@ async fn write_batches(
             let next = match queue.try_recv() {
                 Ok(next) => next,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) if config.flush_interval.is_zero() => break,
-                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, queue.recv()).await {
-                    Ok(Some(next)) => next,
-                    Ok(None) | Err(_) => break,
-                },
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let wrote = self.wrote.notified();
+                    tokio::pin!(wrote);
+                    // Registered before the check, so a write ending after it wakes us.
+                    wrote.as_mut().enable();
+                    if self.writing.load(Ordering::Acquire) > 0 {
+                        tokio::select! {
+                            next = queue.recv() => match next {
+                                Some(next) => next,
+                                None => break,
+                            },
+                            _ = wrote => continue,
+                        }
+                    } else if config.flush_interval.is_zero() {
+                        break;
+                    } else {
+                        match tokio::time::timeout_at(deadline, queue.recv()).await {
+                            Ok(Some(next)) => next,
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                }
             };
             rows += next.rows();
             bytes += next.bytes;
             batch.push(next);
         }
+        self.writing.fetch_add(1, Ordering::AcqRel);
+        Some((batch, rows, bytes))
+    }
+
+    fn wrote_batch(&self) {
+        self.writing.fetch_sub(1, Ordering::AcqRel);
+        self.wrote.notify_waiters();
+    }
+}
+
+/// A writer: gathers submissions into batches and writes each batch. The
+/// writers take turns gathering from one queue.
+async fn write_batches(store: Store, writers: Arc<Writers>, config: PipelineConfig, ledger: Arc<Mutex<Ledger>>, resolver: Option<Notifier>) {
+    static BATCH: AtomicU64 = AtomicU64::new(0);
+    // Tokens must not repeat across restarts within the dedup window.
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    while let Some((mut batch, rows, bytes)) = writers.gather(&config).await {
         let token = format!("waybill-{run:x}-{}", BATCH.fetch_add(1, Ordering::Relaxed));
         metrics::BATCH_RECORDS.observe(rows as f64);
         metrics::BATCH_BYTES.observe(bytes as f64);
@@ -407,6 +458,8 @@ async fn write_batches(
             // Nobody may be waiting any more (the client gave up); that is fine.
             let _ = submission.ack.send(Some(result));
         }
+        drop(ledger);
+        writers.wrote_batch();
     }
 }
 
@@ -671,6 +724,66 @@ mod tests {
 
     fn any(value: any_value::Value) -> AnyValue {
         AnyValue { value: Some(value) }
+    }
+
+    fn submission(spans: usize) -> Submission {
+        Submission {
+            digest: 0,
+            bytes: spans * 100,
+            spans: vec![SpanRow::default(); spans],
+            logs: Vec::new(),
+            business: Vec::new(),
+            ack: watch::channel(None).0,
+            _permit: None,
+        }
+    }
+
+    fn writers() -> (mpsc::UnboundedSender<Submission>, Arc<Writers>) {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        (queue, Arc::new(Writers { queue: tokio::sync::Mutex::new(receiver), writing: AtomicUsize::new(0), wrote: tokio::sync::Notify::new() }))
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_gathers_while_another_is_written_and_goes_when_that_write_ends() {
+        let config = PipelineConfig { max_batch_rows: 100, ..PipelineConfig::default() };
+        let (queue, writers) = writers();
+        let first = writers.gather(&config);
+        queue.send(submission(10)).ok().unwrap();
+        let (batch, rows, _) = first.await.unwrap();
+        assert_eq!((batch.len(), rows), (1, 10), "with no write running, what waits goes at once");
+
+        queue.send(submission(10)).ok().unwrap();
+        let next = tokio::spawn({
+            let (writers, config) = (writers.clone(), config);
+            async move { writers.gather(&config).await.map(|(batch, rows, _)| (batch.len(), rows)) }
+        });
+        settle().await;
+        assert!(!next.is_finished(), "the next batch waits while one is written");
+        queue.send(submission(20)).ok().unwrap();
+        settle().await;
+        assert!(!next.is_finished());
+        writers.wrote_batch();
+        assert_eq!(next.await.unwrap(), Some((2, 30)), "it goes with all that gathered once the write ends");
+        assert_eq!(writers.writing.load(Ordering::Acquire), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_goes_beside_the_one_being_written() {
+        let config = PipelineConfig { max_batch_rows: 100, ..PipelineConfig::default() };
+        let (queue, writers) = writers();
+        writers.writing.store(1, Ordering::Release);
+        for _ in 0..4 {
+            queue.send(submission(30)).ok().unwrap();
+        }
+        let (batch, rows, _) = writers.gather(&config).await.unwrap();
+        assert_eq!((batch.len(), rows), (4, 120));
+        assert_eq!(writers.writing.load(Ordering::Acquire), 2, "two batches are being written");
     }
 
     #[test]
