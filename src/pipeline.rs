@@ -51,8 +51,9 @@ pub struct PipelineConfig {
     pub retry_for: Duration,
     /// How many stored request digests are remembered.
     pub remembered_requests: usize,
-    /// Batches written at once, each by a writer of its own: while one
-    /// waits for its INSERTs the next gathers and is written beside it.
+    /// Writers, each writing one batch at a time: while one waits for its
+    /// INSERTs the next batch gathers, and with a second writer goes beside
+    /// it once full. Faster under overload, and more memory.
     pub writers: usize,
 }
 
@@ -65,7 +66,7 @@ impl Default for PipelineConfig {
             max_queued_rows: 200_000,
             retry_for: Duration::from_secs(10),
             remembered_requests: 100_000,
-            writers: 2,
+            writers: 1,
         }
     }
 }

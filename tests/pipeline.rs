@@ -99,6 +99,26 @@ async fn requests_within_the_linger_share_a_batch() {
     common::drop_database(&store).await;
 }
 
+/// With two writers, a burst of requests is written in full batches side
+/// by side, and every request is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_store_a_burst_exactly_once() {
+    let store = common::store("t_pipeline_writers").await;
+    let (pipeline, writer) = start(&store, PipelineConfig { writers: 2, max_batch_rows: 4, ..PipelineConfig::default() });
+    let sends = (0..40u8).map(|i| {
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move { pipeline.accept_traces(request(i * 2 + 1, 2), "test".into()).await })
+    });
+    for send in sends.collect::<Vec<_>>() {
+        assert_eq!(send.await.unwrap().unwrap(), Accepted::Stored);
+    }
+    let rows: Vec<(u64, u64)> = store.fetch_all("SELECT count(), uniqExact(SpanId) FROM otel_traces").await.unwrap();
+    assert_eq!(rows, [(80, 80)]);
+    drop(pipeline);
+    tokio::time::timeout(Duration::from_secs(60), writer).await.expect("both writers end once the pipeline is dropped").unwrap();
+    common::drop_database(&store).await;
+}
+
 /// A resend of a stored request is acknowledged as such and adds no rows.
 #[tokio::test]
 async fn a_resend_of_a_stored_request_is_not_stored_again() {
