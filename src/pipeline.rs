@@ -191,8 +191,9 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts the writers; the task returned ends, after writing what is
-    /// queued, once the pipeline is dropped. `extractor` finds the business events of
-    /// each request; `resolver`, if any, is told the traces that got some.
+    /// queued, once the pipeline is dropped. `extractor` finds the business
+    /// events of each request; `resolver`, if any, is told the traces that
+    /// got some.
     pub fn start(
         store: Store,
         config: PipelineConfig,
@@ -213,7 +214,7 @@ impl Pipeline {
             max_queued_rows,
             ledger: ledger.clone(),
         });
-        let shared = Arc::new(Writers { queue: tokio::sync::Mutex::new(receiver), writing: AtomicUsize::new(0), wrote: tokio::sync::Notify::new() });
+        let shared = Arc::new(Writers::new(receiver));
         let writers: Vec<_> = (0..config.writers.max(1))
             .map(|_| tokio::spawn(write_batches(store.clone(), shared.clone(), config, ledger.clone(), resolver.clone())))
             .collect();
@@ -354,6 +355,10 @@ struct Writers {
 }
 
 impl Writers {
+    fn new(queue: mpsc::UnboundedReceiver<Submission>) -> Self {
+        Writers { queue: tokio::sync::Mutex::new(queue), writing: AtomicUsize::new(0), wrote: tokio::sync::Notify::new() }
+    }
+
     /// Takes what is waiting, as one batch, and counts its writer as
     /// writing. While another batch is being written the next one gathers
     /// until that write ends or the batch is full, so batches grow with
@@ -741,7 +746,7 @@ mod tests {
 
     fn writers() -> (mpsc::UnboundedSender<Submission>, Arc<Writers>) {
         let (queue, receiver) = mpsc::unbounded_channel();
-        (queue, Arc::new(Writers { queue: tokio::sync::Mutex::new(receiver), writing: AtomicUsize::new(0), wrote: tokio::sync::Notify::new() }))
+        (queue, Arc::new(Writers::new(receiver)))
     }
 
     async fn settle() {

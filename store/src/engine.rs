@@ -186,9 +186,10 @@ unsafe impl Send for Session {}
 /// (`store.embedded.connections`).
 pub const DEFAULT_CONNECTIONS: usize = 4;
 
-/// chDB does not keep query parameters apart between connections that run
-/// at once, so calls with parameters (rare: the SQL endpoint's checks and
-/// users' `param_*`) take turns among themselves.
+/// chDB is reported not to keep query parameters apart between connections
+/// that run at once (chdb-node's multi-connection change serializes them
+/// for that reason), so calls with parameters (rare: the SQL endpoint's
+/// checks and users' `param_*`) take turns among themselves.
 static PARAMETERIZED: Mutex<()> = Mutex::new(());
 
 /// A handle to the process's embedded engine. Cloning shares it.
