@@ -99,8 +99,8 @@ async fn requests_within_the_linger_share_a_batch() {
     common::drop_database(&store).await;
 }
 
-/// With two writers, a burst of requests is written in full batches side
-/// by side, and every request is stored exactly once.
+/// With two writers, every request of a burst is stored exactly once, and
+/// both writers end once the pipeline is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_store_a_burst_exactly_once() {
     let store = common::store("t_pipeline_writers").await;

@@ -109,6 +109,14 @@ impl Facts {
         parts(&self.key) == (key.kind, key.value)
     }
 
+    fn edges_read(&self, down: bool) -> Option<&Vec<Packed>> {
+        if down {
+            self.down.as_ref()
+        } else {
+            self.up.as_ref()
+        }
+    }
+
     fn edges(&mut self, down: bool) -> &mut Option<Vec<Packed>> {
         if down {
             &mut self.down
@@ -149,7 +157,7 @@ impl KnownGraph {
     /// The complete edges of `key` in one direction, if known without asking the store.
     pub fn edges(&mut self, key: &Key, down: bool) -> Option<Vec<Key>> {
         let key = Hashed::new(&key.0, &key.1);
-        if let Some(others) = self.facts(&key).and_then(|facts| facts.edges(down).as_ref()) {
+        if let Some(others) = self.facts(&key).and_then(|facts| facts.edges_read(down)) {
             return Some(others.iter().map(|other| unpack(other)).collect());
         }
         self.never_stored(&key).then(Vec::new)
@@ -196,7 +204,7 @@ impl KnownGraph {
     pub fn has_edge(&self, row: &EdgeRow) -> bool {
         let other = (row.other_kind.as_str(), row.other_value.as_str());
         self.peek(&Hashed::new(&row.kind, &row.value))
-            .and_then(|facts| if row.down { facts.down.as_ref() } else { facts.up.as_ref() })
+            .and_then(|facts| facts.edges_read(row.down))
             .is_some_and(|others| others.iter().any(|known| parts(known) == other))
     }
 

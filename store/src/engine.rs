@@ -353,7 +353,7 @@ impl Engine {
     /// Opens the engine on `data_dir` (created if missing) with `connections`
     /// connections (at least one), loading the library from `library`. A
     /// second call in the same process with the same directory returns the
-    /// engine already open.
+    /// engine already open, with the connections it has.
     pub fn open(library: &Path, data_dir: &Path, connections: usize) -> Result<Engine, EngineError> {
         let data_dir = prepare_data_dir(data_dir)?;
         let mut open = OPEN_ENGINE.lock().unwrap_or_else(|e| e.into_inner());
