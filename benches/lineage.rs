@@ -643,8 +643,10 @@ async fn live_loop(store: &Store, config: &LineageConfig, blocks: &[Vec<Flow>], 
     };
     let (notifier, notifications) = tokio::sync::mpsc::unbounded_channel();
     let (shutdown, stopped) = tokio::sync::watch::channel(false);
-    let resolver = Resolver::new(store.clone(), config.clone()).unwrap();
-    let running = tokio::spawn(resolver.run(notifications, stopped));
+    // As the service runs it: apart, with a store of its own.
+    let own_store = Store::embedded(store.engine().unwrap().clone(), store.target().clone());
+    let resolver = Resolver::new(own_store, config.clone()).unwrap();
+    let running = resolver.run_apart(notifications, stopped).unwrap();
     let (stop, beside) = lookups_beside(store, total, now, 9_000_000);
 
     let started = Instant::now();

@@ -69,10 +69,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         attributes: config.otlp.attribute_limits(),
     };
     // The resolver outlives the writer, so it sees the last batches too.
-    let resolver = Resolver::new(store.clone(), config.lineage.clone()).map_err(anyhow::Error::msg)?;
+    // It runs apart at a lower priority, with a store of its own (the
+    // same engine or server).
+    let resolver_store = Store::open(&config.store).await.context("cannot open the store for the lineage resolver")?;
+    let resolver = Resolver::new(resolver_store, config.lineage.clone()).map_err(anyhow::Error::msg)?;
     let (notifier, notifications) = tokio::sync::mpsc::unbounded_channel();
     let (resolver_stop, resolver_stopped) = watch::channel(false);
-    let resolver = tokio::spawn(resolver.run(notifications, resolver_stopped));
+    let resolver = resolver.run_apart(notifications, resolver_stopped).context("cannot start the lineage resolver")?;
     let extractor = waybill_lineage::Extractor::new(&config.lineage);
     give_back_freed_memory();
     let (sink, writer) = Pipeline::start(store.clone(), config.pipeline.settings(), extractor, Some(notifier));
@@ -143,7 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(sink);
     writer.await.context("the writer task failed")?;
     let _ = resolver_stop.send(true);
-    resolver.await.context("the lineage resolver failed")?;
+    resolver.await.map_err(anyhow::Error::msg)?;
     migration.abort();
     store.close().await;
     tracing::info!("stopped");

@@ -1,5 +1,6 @@
-//! The resolver's memory of the key graph, against the real engine: what it
-//! remembers between steps must never hide a key the store already holds.
+//! The resolver against the real engine: what it remembers between steps
+//! must never hide a key the store already holds, and run apart as the
+//! service runs it, it resolves at a lower CPU priority.
 
 mod common;
 
@@ -163,5 +164,53 @@ async fn a_running_resolver_forgets_what_it_remembers_once_a_rebuild_rewrites_th
     resolve(&mut service, &store, &[record("b4", 4, "shipment.dispatched", "warehouse", &[("sales_order", "SO-1"), ("shipment", "SH-1")])])
         .await;
     assert_eq!(keys_of(&store, "SH-1").await, ["PO-2", "SO-1", "SH-1"]);
+    common::drop_database(&store).await;
+}
+
+/// The nice value of this process's thread named `name` (as the kernel
+/// keeps it: 15 bytes at most), if there is one.
+fn nice_of_thread(name: &str) -> Option<i64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // After the name in parentheses come the fields from the third on; nice is the 19th.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        return fields.get(16)?.parse().ok();
+    }
+    None
+}
+
+/// The service runs the resolver apart so that people's lookups go first
+/// when the cores are busy: on its own thread at nice 10, with its own
+/// store client. It resolves what it is told about and ends when told to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_run_apart_resolves_at_a_lower_priority_and_ends_when_told() {
+    let store = common::store("resolver_apart").await;
+    let own_store = Store::embedded(common::engine(), common::target("resolver_apart"));
+    let config = LineageConfig { resolve_interval_ms: 50, ..LineageConfig::default() };
+    let (notifier, notifications) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = Resolver::new(own_store, config).unwrap().run_apart(notifications, stopped).unwrap();
+
+    let records = [record("p1", 1, "order.captured", "portal", &[("order", "PO-7")])];
+    store.insert("biz_events", &records).await.unwrap();
+    notifier.send(vec!["p1".into()]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while api::by_key(&store, "PO-7", None, None, 10).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the resolver apart did not resolve PO-7");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(nice_of_thread("lineage-resolve"), Some(10), "the resolver's thread runs at nice 10");
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), running).await.expect("the resolver ends when told to").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while nice_of_thread("lineage-resolve").is_some() {
+        assert!(std::time::Instant::now() < deadline, "the resolver's thread ends with it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     common::drop_database(&store).await;
 }

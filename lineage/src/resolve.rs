@@ -101,6 +101,29 @@ impl Resolver {
         Ok(Resolver { store, config, journeys, last_version: 0, known, remember, rewritten_us: None })
     }
 
+    /// Runs [`Resolver::run`] on a thread of its own, with a runtime of its
+    /// own, at a lower CPU priority (nice 10): when the cores are busy,
+    /// people's lookups and pages go first. The resolver's store must not
+    /// have served calls yet, so its in-process connections are made on
+    /// that runtime. The future returned ends when the resolver does, with
+    /// an error if it panicked.
+    pub fn run_apart(
+        self,
+        notifications: mpsc::UnboundedReceiver<Vec<String>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<impl std::future::Future<Output = Result<(), String>>> {
+        let (done, ended) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new().name("lineage-resolver".into()).spawn(move || {
+            lower_this_threads_priority();
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(self.run(notifications, shutdown)),
+                Err(err) => tracing::error!(error = %err, "the lineage resolver cannot start its runtime"),
+            }
+            let _ = done.send(());
+        })?;
+        Ok(async move { ended.await.map_err(|_| "the lineage resolver stopped unexpectedly".to_owned()) })
+    }
+
     /// Runs until `shutdown`: resolves the traces the pipeline names, and
     /// advances transactions whose deadlines pass. After a restart it first
     /// resolves what was ingested since its recorded progress.
@@ -643,6 +666,23 @@ fn set_evaluation(row: &mut TransactionRow, evaluation: &journey::Evaluation) {
     row.overdue_milestones = evaluation.overdue.iter().map(|o| o.0.clone()).collect();
     row.overdue_due_ns = evaluation.overdue.iter().map(|o| o.1).collect();
     row.next_due_ns = evaluation.next_due_ns;
+}
+
+/// Nice 10 for the calling thread, and for the threads it starts (its
+/// runtime's blocking threads, which make the engine's calls). Raising a
+/// thread's nice value needs no privilege; it is never lowered again.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no arguments; setpriority only reads its own.
+        let result = unsafe {
+            let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, thread, 10)
+        };
+        if result != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "the lineage resolver runs at normal priority");
+        }
+    }
 }
 
 /// Adds the traces the pipeline has named since the last call to `pending`.
