@@ -112,16 +112,22 @@ impl Resolver {
         notifications: mpsc::UnboundedReceiver<Vec<String>>,
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<impl std::future::Future<Output = Result<(), String>>> {
-        let (done, ended) = tokio::sync::oneshot::channel::<()>();
+        let (done, ended) = tokio::sync::oneshot::channel::<Result<(), String>>();
         std::thread::Builder::new().name("lineage-resolver".into()).spawn(move || {
             lower_this_threads_priority();
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime.block_on(self.run(notifications, shutdown)),
-                Err(err) => tracing::error!(error = %err, "the lineage resolver cannot start its runtime"),
-            }
-            let _ = done.send(());
+            let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => {
+                    runtime.block_on(self.run(notifications, shutdown));
+                    Ok(())
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "the lineage resolver cannot start its runtime");
+                    Err(format!("the lineage resolver could not start its runtime: {err}"))
+                }
+            };
+            let _ = done.send(outcome);
         })?;
-        Ok(async move { ended.await.map_err(|_| "the lineage resolver stopped unexpectedly".to_owned()) })
+        Ok(async move { ended.await.unwrap_or_else(|_| Err("the lineage resolver stopped unexpectedly".to_owned())) })
     }
 
     /// Runs until `shutdown`: resolves the traces the pipeline names, and
