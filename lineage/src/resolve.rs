@@ -106,7 +106,7 @@ impl Resolver {
     /// people's lookups and pages go first. The resolver's store must not
     /// have served calls yet, so its in-process connections are made on
     /// that runtime. The future returned ends when the resolver does, with
-    /// an error if it panicked.
+    /// an error if it could not start its runtime or panicked.
     pub fn run_apart(
         self,
         notifications: mpsc::UnboundedReceiver<Vec<String>>,
