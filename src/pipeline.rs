@@ -218,9 +218,14 @@ impl Pipeline {
         let writers: Vec<_> = (0..config.writers.max(1))
             .map(|_| tokio::spawn(write_batches(store.clone(), shared.clone(), config, ledger.clone(), resolver.clone())))
             .collect();
+        // A writer that panicked fails the task returned, as a lone writer's task would.
         let writer = tokio::spawn(async move {
             for writer in writers {
-                let _ = writer.await;
+                if let Err(err) = writer.await {
+                    if err.is_panic() {
+                        std::panic::resume_unwind(err.into_panic());
+                    }
+                }
             }
         });
         (pipeline, writer)

@@ -103,10 +103,11 @@ impl Resolver {
 
     /// Runs [`Resolver::run`] on a thread of its own, with a runtime of its
     /// own, at a lower CPU priority (nice 10): when the cores are busy,
-    /// people's lookups and pages go first. The resolver's store must not
-    /// have served calls yet, so its in-process connections are made on
-    /// that runtime. The future returned ends when the resolver does, with
-    /// an error if it could not start its runtime or panicked.
+    /// people's lookups and pages go first. Give it a store of its own that
+    /// has served no calls: its in-process connections are then made on
+    /// that runtime, so the threads making its engine calls are niced too.
+    /// The future returned ends when the resolver does, with an error if it
+    /// could not start its runtime or panicked.
     pub fn run_apart(
         self,
         notifications: mpsc::UnboundedReceiver<Vec<String>>,
