@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::process::{free_port, wait_for_status, waybill, work_dir, Running};
+use common::process::{free_port, wait_for_server, wait_for_status, waybill, work_dir, Running};
 use waybill_store::{LogRow, SpanRow};
 
 const TOKEN: &str = "otlp-test-token-0123456789";
@@ -31,6 +31,8 @@ async fn start(name: &str) -> Service {
 async fn start_with(name: &str, settings: &[(&str, &str)]) -> Service {
     let dir = work_dir(name);
     let (http, otlp, grpc, sql) = (free_port(), free_port(), free_port(), free_port());
+    // What it logs is shown if it exits or never gets ready.
+    let log = dir.join("serve.log");
     let child = waybill(&dir)
         .arg("serve")
         .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
@@ -41,19 +43,21 @@ async fn start_with(name: &str, settings: &[(&str, &str)]) -> Service {
         .env("WAYBILL_SQL_ENDPOINT__ENABLED", "true")
         .env("WAYBILL_SQL_ENDPOINT__LISTEN", format!("127.0.0.1:{sql}"))
         .env("WAYBILL_SQL_ENDPOINT__TOKEN", TOKEN)
+        // Start-up steps too, should it be slow to get ready.
+        .env("WAYBILL_LOG__LEVEL", "info")
         .envs(settings.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let service = Service {
+    let mut service = Service {
         _running: Running(child),
         http,
         otlp: SocketAddr::from(([127, 0, 0, 1], otlp)),
         grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
         sql: SocketAddr::from(([127, 0, 0, 1], sql)),
     };
-    wait_for_status(http, "/readyz", 200, Duration::from_secs(60)).await;
+    wait_for_server(Some((&mut service._running, &log)), http, "/readyz", 200, Duration::from_secs(60)).await;
     service
 }
 
@@ -395,6 +399,7 @@ async fn start_without_store(name: &str, database: &str, settings: &[(&str, &str
     let store_port = free_port();
     let dir = work_dir(name);
     let (http, otlp) = (free_port(), free_port());
+    let log = dir.join("serve.log");
     let child = waybill(&dir)
         .arg("serve")
         .env("WAYBILL_HTTP__LISTEN", format!("127.0.0.1:{http}"))
@@ -405,11 +410,11 @@ async fn start_without_store(name: &str, database: &str, settings: &[(&str, &str
         .env("WAYBILL_PIPELINE__RETRY_SECONDS", "3")
         .envs(settings.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let running = Running(child);
-    wait_for_status(http, "/healthz", 200, Duration::from_secs(60)).await;
+    let mut running = Running(child);
+    wait_for_server(Some((&mut running, &log)), http, "/healthz", 200, Duration::from_secs(60)).await;
     Outage { _running: running, http, otlp: SocketAddr::from(([127, 0, 0, 1], otlp)), store_port }
 }
 

@@ -33,8 +33,24 @@ pub fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
+/// A loopback port for a server the test starts later, held back from
+/// every other taker until then. A port that is merely free when picked
+/// can be handed out again before the server binds it (to another
+/// `bind(0)`, or as the local port of any outgoing connection, even one to
+/// itself), and the server then fails to start. So the port is left with a
+/// closed connection in TIME_WAIT: for a minute the kernel gives it to no
+/// `bind(0)` or `connect`, while a server binding it by number with
+/// SO_REUSEADDR (Rust's and Go's listeners set it) still gets it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let client = TcpStream::connect(address).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    // The side that closes first waits in TIME_WAIT: the one on our port.
+    drop(accepted);
+    drop(client);
+    address.port()
 }
 
 /// Kills the child if the test fails before it is stopped.
