@@ -585,7 +585,8 @@ async fn tokens_identify_the_source_and_requests_without_one_are_refused() {
     assert!(metric(&metrics, "waybill_collector_refused_requests_total", &[("protocol", "grpc"), ("reason", "unauthenticated")]).is_some_and(|n| n >= 1.0));
 }
 
-/// A real Prometheus server scrapes `/metrics` and sees the ingest counters.
+/// A real Prometheus server scrapes `/metrics` and sees the ingest counters;
+/// the process's memory is there too.
 #[tokio::test]
 async fn prometheus_scrapes_the_ingest_metrics() {
     let service = start("otlp-prometheus").await;
@@ -595,6 +596,12 @@ async fn prometheus_scrapes_the_ingest_metrics() {
 
     let (_prometheus, api) = common::process::prometheus("prometheus", &format!("127.0.0.1:{}", service.http));
     common::process::wait_for_prometheus(api, r#"waybill_collector_accepted_records_total{job="waybill",signal="traces",protocol="http"}"#, "1").await;
+
+    // The process's memory: all of it, and Waybill's own heap within it.
+    let exposition = common::http(SocketAddr::from(([127, 0, 0, 1], service.http)), "GET", "/metrics", &[], b"").await.text();
+    let resident = metric(&exposition, "waybill_resident_memory_bytes", &[]).expect("resident memory on /metrics");
+    let heap = metric(&exposition, "waybill_heap_in_use_bytes", &[]).expect("heap in use on /metrics");
+    assert!(heap > 0.0 && resident > heap, "resident {resident}, heap {heap}");
 }
 
 /// With `telemetry.otlp_endpoint` set, Waybill exports its own spans there
