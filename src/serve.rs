@@ -312,7 +312,7 @@ fn give_back_freed_memory() {
             }
             std::thread::sleep(Duration::from_secs(2));
         }) {
-            tracing::warn!(error = %err, "freed memory will not be handed back");
+            tracing::warn!(error = %err, "freed memory will not be handed back nor the memory gauges updated");
         }
     }
 }
