@@ -39,7 +39,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let migrated = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let migration = tokio::spawn(migrate_until_done(store.clone(), migrated.clone(), shutdown_rx.clone()));
+    let (schema_ready, schema_ready_rx) = watch::channel(false);
+    let migration = tokio::spawn(migrate_until_done(store.clone(), migrated.clone(), schema_ready, shutdown_rx.clone()));
 
     let alerts = waybill_alerts::Alerts::new(store.clone(), config.alerts.clone()).map_err(anyhow::Error::msg)?;
     let state = AppState { store: store.clone(), migrated, alerts: alerts.clone() };
@@ -75,7 +76,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let resolver = Resolver::new(resolver_store, config.lineage.clone()).map_err(anyhow::Error::msg)?;
     let (notifier, notifications) = tokio::sync::mpsc::unbounded_channel();
     let (resolver_stop, resolver_stopped) = watch::channel(false);
-    let resolver = resolver.run_apart(notifications, resolver_stopped).context("cannot start the lineage resolver")?;
+    // It starts once the schema is ready, since migrating may rebuild a
+    // table it writes; the pipeline's notices wait for it meanwhile.
+    let resolver = tokio::spawn(async move {
+        let mut ready = schema_ready_rx;
+        let mut stop = resolver_stopped.clone();
+        tokio::select! {
+            ready = ready.wait_for(|ready| *ready) => {
+                if ready.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+        }
+        match resolver.run_apart(notifications, resolver_stopped) {
+            Ok(running) => running.await,
+            Err(err) => {
+                tracing::error!(error = %err, "the lineage resolver could not start");
+                Err(format!("the lineage resolver could not start: {err}"))
+            }
+        }
+    });
     let extractor = waybill_lineage::Extractor::new(&config.lineage);
     give_back_freed_memory();
     let (sink, writer) = Pipeline::start(store.clone(), config.pipeline.settings(), extractor, Some(notifier));
@@ -146,7 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(sink);
     writer.await.context("the writer task failed")?;
     let _ = resolver_stop.send(true);
-    resolver.await.map_err(anyhow::Error::msg)?;
+    resolver.await.context("the lineage resolver task failed")?.map_err(anyhow::Error::msg)?;
     migration.abort();
     store.close().await;
     tracing::info!("stopped");
@@ -202,13 +223,14 @@ async fn serve_until(listener: TcpListener, app: Router, mut shutdown: watch::Re
 
 /// Migrates, retrying with backoff while the store cannot be reached; a
 /// schema newer than this build is fatal to readiness and says so.
-async fn migrate_until_done(store: Store, migrated: Arc<AtomicBool>, mut shutdown: watch::Receiver<bool>) {
+async fn migrate_until_done(store: Store, migrated: Arc<AtomicBool>, ready: watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(500);
     loop {
         match store.migrate().await {
             Ok(report) => {
-                tracing::info!(version = report.version, applied = ?report.applied, "schema ready");
+                tracing::info!(version = report.version, applied = ?report.applied, rebuilt = ?report.rebuilt, "schema ready");
                 migrated.store(true, Ordering::SeqCst);
+                let _ = ready.send(true);
                 return;
             }
             Err(err @ waybill_store::StoreError::SchemaTooNew { .. }) => {

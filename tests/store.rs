@@ -8,6 +8,7 @@ use common::rows;
 use waybill_store::config::{Compression, ServerConfig};
 use waybill_store::http_interface::{self, Access};
 use waybill_store::migrate::latest_version;
+use waybill_store::schema;
 use waybill_store::{LogRow, SpanRow, Store, StoreConfig, StoreMode};
 
 const SPAN_COLUMNS: &str = SpanRow::COLUMNS;
@@ -113,6 +114,82 @@ async fn concurrent_migrations_converge_on_one_schema() {
     let recorded: Vec<u32> = first.fetch_all("SELECT Version FROM waybill_schema_migrations FINAL ORDER BY Version").await.unwrap();
     assert_eq!(recorded, all_versions());
     assert!(first.migrate().await.unwrap().applied.is_empty());
+}
+
+/// A store made before `transactions` had its own granule size: the table
+/// as an earlier release created it, holding two transactions (one of them
+/// written twice).
+async fn store_with_transactions_in_default_granules(database: &str) -> Store {
+    let store = common::store(database).await;
+    let earlier = schema::TableDef { settings: "index_granularity = 8192", ..schema::TRANSACTIONS };
+    store.execute("DROP TABLE transactions").await.unwrap();
+    store.execute(&store.target().create_storage_table(&earlier, "transactions")).await.unwrap();
+    store
+        .execute(
+            "INSERT INTO transactions (Id, RootKind, RootValue, State, KeyKinds, KeyValues, Version) VALUES \
+             ('t1', 'order', 'PO-1', 'in_flight', ['order'], ['PO-1'], 1), \
+             ('t1', 'order', 'PO-1', 'completed', ['order', 'invoice'], ['PO-1', 'INV-1'], 2), \
+             ('t2', 'order', 'PO-2', 'stuck', ['order'], ['PO-2'], 1)",
+        )
+        .await
+        .unwrap();
+    store
+}
+
+async fn transactions_engine(store: &Store) -> String {
+    let engines: Vec<String> = store
+        .fetch_all(&format!("SELECT engine_full FROM system.tables WHERE database = '{}' AND name = 'transactions'", store.target().database))
+        .await
+        .unwrap();
+    engines.into_iter().next().expect("transactions exists")
+}
+
+async fn latest_transactions(store: &Store) -> Vec<(String, String, String, u64)> {
+    store.fetch_all("SELECT Id, State, arrayStringConcat(KeyValues, ' '), Version FROM transactions FINAL ORDER BY Id").await.unwrap()
+}
+
+async fn tables_named_like_transactions(store: &Store) -> Vec<String> {
+    store
+        .fetch_all(&format!("SELECT name FROM system.tables WHERE database = '{}' AND name LIKE 'transactions%' ORDER BY name", store.target().database))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn migrating_rebuilds_an_earlier_transactions_table_in_small_granules_keeping_its_rows() {
+    let store = store_with_transactions_in_default_granules("t_rebuild_transactions").await;
+    assert!(transactions_engine(&store).await.contains("index_granularity = 8192"));
+    let before = latest_transactions(&store).await;
+    assert_eq!(before.len(), 2);
+    // What a run that stopped part way leaves behind.
+    store.execute("CREATE TABLE transactions_rebuilt_1_2 (Id String) ENGINE = MergeTree ORDER BY Id").await.unwrap();
+
+    let report = store.migrate().await.unwrap();
+    assert_eq!(report.rebuilt, ["transactions"]);
+    let engine = transactions_engine(&store).await;
+    assert!(engine.contains(schema::TRANSACTIONS_SETTINGS), "{engine}");
+    assert_eq!(latest_transactions(&store).await, before);
+    // The next run, finding the table current, drops what was left.
+    assert_eq!(tables_named_like_transactions(&store).await, ["transactions", "transactions_rebuilt_1_2"]);
+
+    let again = store.migrate().await.unwrap();
+    assert!(again.rebuilt.is_empty());
+    assert_eq!(latest_transactions(&store).await, before);
+    assert_eq!(tables_named_like_transactions(&store).await, ["transactions"]);
+}
+
+#[tokio::test]
+async fn two_processes_rebuilding_transactions_at_once_converge() {
+    let first = store_with_transactions_in_default_granules("t_rebuild_concurrent").await;
+    let before = latest_transactions(&first).await;
+    let second = Store::embedded(common::engine(), common::target("t_rebuild_concurrent"));
+    let (a, b) = tokio::join!(first.migrate(), second.migrate());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(!a.rebuilt.is_empty() || !b.rebuilt.is_empty());
+    assert!(transactions_engine(&first).await.contains(schema::TRANSACTIONS_SETTINGS));
+    assert_eq!(latest_transactions(&first).await, before);
+    first.migrate().await.unwrap();
+    assert_eq!(tables_named_like_transactions(&first).await, ["transactions"]);
 }
 
 #[tokio::test]

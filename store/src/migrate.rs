@@ -10,7 +10,7 @@ use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{self, SchemaTarget, TableDef};
-use crate::sql::quote_string;
+use crate::sql::{quote_identifier, quote_string};
 use crate::{Store, StoreError};
 
 /// One schema version: the statements that bring the previous one to it.
@@ -110,6 +110,8 @@ pub struct MigrationReport {
     pub applied: Vec<u32>,
     /// Tables whose TTL was changed to the configured retention.
     pub retention_changed: Vec<&'static str>,
+    /// Tables copied into a table with their current settings.
+    pub rebuilt: Vec<&'static str>,
     /// The schema version after the run.
     pub version: u32,
 }
@@ -168,6 +170,9 @@ impl Store {
             }
         }
         self.tune_ingest_tables().await?;
+        if self.rebuild_with_settings(&schema::TRANSACTIONS).await? {
+            report.rebuilt.push(schema::TRANSACTIONS.name);
+        }
         report.version = latest_version();
         Ok(report)
     }
@@ -194,6 +199,55 @@ impl Store {
             self.execute(&target.modify_settings(table, &missing)).await?;
         }
         Ok(())
+    }
+
+    /// Copies `table` into a new table with its current settings when the
+    /// table was created with others that cannot be changed in place (such as
+    /// `index_granularity`), then swaps the two atomically. Only tables the
+    /// resolver rewrites are rebuilt this way: a write that lands in the old
+    /// table during the copy is lost, so the service starts its resolver
+    /// after migrating, and the resolver writes a transaction again whenever
+    /// it changes. Each run copies into a table of its own name, so two
+    /// processes that rebuild at once each swap in a complete copy with the
+    /// current settings, and a run that stopped part way leaves a copy that
+    /// the next run drops. On a cluster nothing is rebuilt: tables keep the
+    /// settings they were made with.
+    async fn rebuild_with_settings(&self, table: &TableDef) -> Result<bool, StoreError> {
+        let target = self.target();
+        if target.cluster.is_some() {
+            return Ok(false);
+        }
+        let db = quote_identifier(&target.database);
+        let live = quote_identifier(table.name);
+        let copies = format!("{}_rebuilt_", table.name);
+        let current = |engine: &[String]| table.settings.split(", ").all(|setting| engine.iter().all(|e| e.contains(setting)));
+        if current(&self.engine_full(table).await?) {
+            let leftovers: Vec<String> = self
+                .fetch_all(&format!(
+                    "SELECT name FROM system.tables WHERE database = {} AND startsWith(name, {})",
+                    quote_string(&target.database),
+                    quote_string(&copies)
+                ))
+                .await?;
+            for leftover in leftovers {
+                tracing::info!(table = %leftover, "dropping the copy an earlier rebuild left");
+                self.execute(&format!("DROP TABLE IF EXISTS {db}.{}", quote_identifier(&leftover))).await?;
+            }
+            return Ok(false);
+        }
+        let rows: Vec<u64> = self.fetch_all(&format!("SELECT count() FROM {db}.{live}")).await?;
+        let rows = rows.first().copied().unwrap_or(0);
+        tracing::info!(table = table.name, rows, settings = table.settings, "rebuilding the table with its current settings");
+        let started = std::time::Instant::now();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let copy_name = format!("{copies}{}_{nanos}", std::process::id());
+        let copy = quote_identifier(&copy_name);
+        self.execute(&target.create_storage_table(table, &copy_name)).await?;
+        self.execute(&format!("INSERT INTO {db}.{copy} SELECT * FROM {db}.{live}")).await?;
+        self.execute(&format!("EXCHANGE TABLES {db}.{live} AND {db}.{copy}")).await?;
+        self.execute(&format!("DROP TABLE {db}.{copy}")).await?;
+        tracing::info!(table = table.name, rows, seconds = started.elapsed().as_secs_f64(), "table rebuilt");
+        Ok(true)
     }
 
     /// Sets `table`'s TTL to the configured retention when it differs.

@@ -237,6 +237,12 @@ pub const BIZ_KEY_TRACES: TableDef = TableDef {
 
 /// One row per business transaction (newest `Version` wins): its root key,
 /// state, keys, systems and milestones as the resolver last computed them.
+///
+/// Read mostly one transaction at a time (the JSON API, the transaction
+/// page), and the engine reads a whole granule of every column for one row:
+/// granules of 1,024 rows and compressed blocks of at most 64 KiB make a
+/// lookup by key a quarter cheaper than ClickHouse's 8,192 rows and 1 MiB,
+/// while the pages' scans cost the same (BENCHMARKS.md, lineage section).
 pub const TRANSACTIONS: TableDef = TableDef {
     name: "transactions",
     columns: "
@@ -264,9 +270,14 @@ pub const TRANSACTIONS: TableDef = TableDef {
     engine: EngineKind::ReplacingMergeTree("Version"),
     keys: "ORDER BY Id",
     ttl_from: None,
-    settings: "index_granularity = 8192",
+    settings: TRANSACTIONS_SETTINGS,
     shard_key: "cityHash64(Id)",
 };
+
+/// The settings of [`TRANSACTIONS`]. `index_granularity` cannot be changed
+/// on an existing table, so `Store::migrate` rebuilds a table created with
+/// other settings (one node only).
+pub const TRANSACTIONS_SETTINGS: &str = "index_granularity = 1024, min_compress_block_size = 8192, max_compress_block_size = 65536";
 
 /// Key → transaction, for finding a transaction by any of its keys.
 pub const TRANSACTION_KEYS: TableDef = TableDef {
@@ -415,6 +426,26 @@ impl SchemaTarget {
     /// replicated local table and the Distributed table over it on a cluster.
     pub fn create_table(&self, table: &TableDef) -> Vec<String> {
         let storage = self.storage_table(table);
+        let mut statements = vec![self.create_storage_table(table, &storage)];
+        if let Some(cluster) = &self.cluster {
+            statements.push(format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local} ENGINE = Distributed({cluster}, {database}, {local_lit}, {key})",
+                db = self.db(),
+                name = quote_identifier(table.name),
+                on = self.on_cluster(),
+                local = quote_identifier(&storage),
+                cluster = crate::sql::quote_string(cluster),
+                database = crate::sql::quote_string(&self.database),
+                local_lit = crate::sql::quote_string(&storage),
+                key = table.shard_key,
+            ));
+        }
+        statements
+    }
+
+    /// The statement that creates the table holding `table`'s rows, named
+    /// `storage`.
+    pub fn create_storage_table(&self, table: &TableDef, storage: &str) -> String {
         let engine = match (&self.cluster, table.engine) {
             (None, EngineKind::MergeTree) => "MergeTree()".to_owned(),
             (None, EngineKind::AggregatingMergeTree) => "AggregatingMergeTree()".to_owned(),
@@ -433,29 +464,15 @@ impl SchemaTarget {
             }
         };
         let ttl = self.ttl_expression(table).map(|e| format!("\nTTL {e}")).unwrap_or_default();
-        let mut statements = vec![format!(
+        format!(
             "CREATE TABLE IF NOT EXISTS {}.{}{} ({}\n) ENGINE = {engine}\n{}{ttl}\nSETTINGS {}",
             self.db(),
-            quote_identifier(&storage),
+            quote_identifier(storage),
             self.on_cluster(),
             table.columns,
             table.keys,
             table.settings
-        )];
-        if let Some(cluster) = &self.cluster {
-            statements.push(format!(
-                "CREATE TABLE IF NOT EXISTS {db}.{name}{on} AS {db}.{local} ENGINE = Distributed({cluster}, {database}, {local_lit}, {key})",
-                db = self.db(),
-                name = quote_identifier(table.name),
-                on = self.on_cluster(),
-                local = quote_identifier(&storage),
-                cluster = crate::sql::quote_string(cluster),
-                database = crate::sql::quote_string(&self.database),
-                local_lit = crate::sql::quote_string(&storage),
-                key = table.shard_key,
-            ));
-        }
-        statements
+        )
     }
 
     /// The materialized view that fills `otel_traces_trace_id_ts` from
