@@ -144,5 +144,8 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     for table in &report.retention_changed {
         println!("retention of {table} set to {} days", config.store.retention_days);
     }
+    for table in &report.rebuilt {
+        println!("{table} rebuilt with its current settings");
+    }
     Ok(())
 }
