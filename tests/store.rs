@@ -179,6 +179,19 @@ async fn migrating_rebuilds_an_earlier_transactions_table_in_small_granules_keep
 }
 
 #[tokio::test]
+async fn a_rebuild_that_fails_keeps_the_table_and_leaves_no_copy() {
+    let store = store_with_transactions_in_default_granules("t_rebuild_fails").await;
+    let before = latest_transactions(&store).await;
+    // A column the copy does not have: copying every column fails.
+    store.execute("ALTER TABLE transactions ADD COLUMN Note String").await.unwrap();
+    let err = store.migrate().await.unwrap_err().to_string();
+    assert!(err.contains("transactions_rebuilt_"), "the error names the copy step: {err}");
+    assert!(transactions_engine(&store).await.contains("index_granularity = 8192"));
+    assert_eq!(latest_transactions(&store).await, before);
+    assert_eq!(tables_named_like_transactions(&store).await, ["transactions"]);
+}
+
+#[tokio::test]
 async fn two_processes_rebuilding_transactions_at_once_converge() {
     let first = store_with_transactions_in_default_granules("t_rebuild_concurrent").await;
     let before = latest_transactions(&first).await;

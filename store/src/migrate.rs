@@ -243,8 +243,18 @@ impl Store {
         let copy_name = format!("{copies}{}_{nanos}", std::process::id());
         let copy = quote_identifier(&copy_name);
         self.execute(&target.create_storage_table(table, &copy_name)).await?;
-        self.execute(&format!("INSERT INTO {db}.{copy} SELECT * FROM {db}.{live}")).await?;
-        self.execute(&format!("EXCHANGE TABLES {db}.{live} AND {db}.{copy}")).await?;
+        let swapped = async {
+            self.execute(&format!("INSERT INTO {db}.{copy} SELECT * FROM {db}.{live}")).await?;
+            // Needs an Atomic database, ClickHouse's default since 20.10.
+            self.execute(&format!("EXCHANGE TABLES {db}.{live} AND {db}.{copy}")).await
+        };
+        if let Err(err) = swapped.await {
+            // A retry makes a copy of its own: this one would only pile up.
+            if let Err(drop_err) = self.execute(&format!("DROP TABLE IF EXISTS {db}.{copy}")).await {
+                tracing::warn!(table = %copy_name, error = %drop_err, "cannot drop the unfinished copy");
+            }
+            return Err(err);
+        }
         self.execute(&format!("DROP TABLE {db}.{copy}")).await?;
         tracing::info!(table = table.name, rows, seconds = started.elapsed().as_secs_f64(), "table rebuilt");
         Ok(true)
