@@ -1,14 +1,16 @@
 //! The resolver against the real engine: what it remembers between steps
 //! must never hide a key the store already holds, and run apart as the
-//! service runs it, it resolves at a lower CPU priority.
+//! service runs it, it resolves at a lower CPU priority. And what the API
+//! reads of its rows: a key lookup shows each transaction as last written.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use waybill_lineage::journey::State;
 use waybill_lineage::{api, LineageConfig, Resolver};
-use waybill_store::{BizEventRow, Store};
+use waybill_store::{BizEventRow, Store, TransactionKeyRow, TransactionRow};
 
 /// A business record of `trace` carrying `keys` (at least one).
 fn record(trace: &str, span: u64, milestone: &str, system: &str, keys: &[(&str, &str)]) -> BizEventRow {
@@ -213,4 +215,48 @@ async fn a_resolver_run_apart_resolves_at_a_lower_priority_and_ends_when_told() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     common::drop_database(&store).await;
+}
+
+fn transaction_version(id: &str, state: &str, updated_ns: i64, version: u64) -> TransactionRow {
+    TransactionRow { id: id.into(), root_kind: "order".into(), root_value: id.into(), state: state.into(), updated_ns, version, ..Default::default() }
+}
+
+fn key_of(id: &str, kind: &str, value: &str) -> TransactionKeyRow {
+    TransactionKeyRow { value: value.into(), kind: kind.into(), id: id.into() }
+}
+
+fn ids_and_states(found: &[api::Transaction]) -> Vec<(String, String)> {
+    found.iter().map(|t| (t.id.clone(), t.state.clone())).collect()
+}
+
+#[tokio::test]
+async fn a_key_lookup_shows_each_transaction_as_last_written_whether_few_or_many_share_the_key() {
+    let store = common::store("api_by_key_versions").await;
+    // Two transactions of one invoice; the first written twice, in parts of
+    // their own, as the resolver's steps leave them until merges run.
+    store.insert("transactions", &[transaction_version("a", "in_flight", 10, 1), transaction_version("b", "stuck", 15, 1)]).await.unwrap();
+    store.insert("transactions", &[transaction_version("a", "completed", 20, 2)]).await.unwrap();
+    store.insert("transaction_keys", &[key_of("a", "invoice", "INV-9"), key_of("b", "invoice", "INV-9")]).await.unwrap();
+    let found = |state, limit| api::by_key(&store, "INV-9", Some("invoice"), state, limit);
+    let pair = |id: &str, state: &str| (id.to_owned(), state.to_owned());
+    assert_eq!(ids_and_states(&found(None, 10).await.unwrap()), [pair("a", "completed"), pair("b", "stuck")]);
+    assert_eq!(ids_and_states(&found(None, 1).await.unwrap()), [pair("a", "completed")]);
+    assert_eq!(ids_and_states(&found(Some(State::Stuck), 10).await.unwrap()), [pair("b", "stuck")]);
+    assert!(found(Some(State::InFlight), 10).await.unwrap().is_empty(), "a's older version does not count");
+    assert!(api::by_key(&store, "INV-9", Some("order"), None, 10).await.unwrap().is_empty());
+
+    // A partner shared by more transactions than the API reads versions of:
+    // 1,200 transactions, every third written again as stuck.
+    let count = 1_200;
+    let first: Vec<TransactionRow> = (0..count).map(|i| transaction_version(&format!("p{i:04}"), "in_flight", 1_000 + i, 1)).collect();
+    let again: Vec<TransactionRow> = (0..count).step_by(3).map(|i| transaction_version(&format!("p{i:04}"), "stuck", 5_000 - i, 2)).collect();
+    store.insert("transactions", &first).await.unwrap();
+    store.insert("transactions", &again).await.unwrap();
+    let keys: Vec<TransactionKeyRow> = (0..count).map(|i| key_of(&format!("p{i:04}"), "partner", "ACME")).collect();
+    store.insert("transaction_keys", &keys).await.unwrap();
+    let stuck = api::by_key(&store, "ACME", None, Some(State::Stuck), 3).await.unwrap();
+    assert_eq!(ids_and_states(&stuck), [pair("p0000", "stuck"), pair("p0003", "stuck"), pair("p0006", "stuck")]);
+    let in_flight = api::by_key(&store, "ACME", Some("partner"), Some(State::InFlight), 2).await.unwrap();
+    assert_eq!(ids_and_states(&in_flight), [pair("p1199", "in_flight"), pair("p1198", "in_flight")]);
+    assert_eq!(api::by_key(&store, "ACME", None, None, 1000).await.unwrap().len(), 1000);
 }
