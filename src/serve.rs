@@ -81,13 +81,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let resolver = tokio::spawn(async move {
         let mut ready = schema_ready_rx;
         let mut stop = resolver_stopped.clone();
-        tokio::select! {
-            ready = ready.wait_for(|ready| *ready) => {
-                if ready.is_err() {
-                    return Ok(());
-                }
-            }
-            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+        // A migration that gives up (a schema too new) never readies it.
+        let ready = tokio::select! {
+            ready = ready.wait_for(|ready| *ready) => ready.is_ok(),
+            _ = stop.wait_for(|stop| *stop) => false,
+        };
+        if !ready {
+            return Ok(());
         }
         match resolver.run_apart(notifications, resolver_stopped) {
             Ok(running) => running.await,

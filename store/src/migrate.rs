@@ -190,7 +190,7 @@ impl Store {
                 .iter()
                 .filter(|(name, _)| known.iter().any(|k| k == name))
                 .map(|(name, value)| format!("{name} = {value}"))
-                .filter(|setting| !engine.iter().all(|e| e.contains(setting.as_str())))
+                .filter(|setting| !has_setting(&engine, setting))
                 .collect();
             if missing.is_empty() {
                 continue;
@@ -220,7 +220,7 @@ impl Store {
         let db = quote_identifier(&target.database);
         let live = quote_identifier(table.name);
         let copies = format!("{}_rebuilt_", table.name);
-        let current = |engine: &[String]| table.settings.split(", ").all(|setting| engine.iter().all(|e| e.contains(setting)));
+        let current = |engine: &[String]| table.settings.split(", ").all(|setting| has_setting(engine, setting));
         if current(&self.engine_full(table).await?) {
             let leftovers: Vec<String> = self
                 .fetch_all(&format!(
@@ -293,6 +293,12 @@ impl Store {
             .await?;
         Ok(versions.first().copied().unwrap_or(0))
     }
+}
+
+/// Whether a table's engine clause (as `engine_full` reads it) holds
+/// `setting`, written `name = value`.
+fn has_setting(engine: &[String], setting: &str) -> bool {
+    engine.iter().all(|e| e.contains(setting))
 }
 
 fn now_ms() -> i64 {
