@@ -648,6 +648,14 @@ async fn live_loop(store: &Store, config: &LineageConfig, blocks: &[Vec<Flow>], 
     let resolver = Resolver::new(own_store, config.clone()).unwrap();
     let running = resolver.run_apart(notifications, stopped).unwrap();
     let (stop, beside) = lookups_beside(store, total, now, 9_000_000);
+    // When the loop's first step ends (it reads the key filter first), and
+    // what it had resolved then.
+    let first_step = tokio::spawn(async move {
+        while metric("waybill_lineage_resolve_duration_seconds").1 == steps_before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (Instant::now(), metric("waybill_lineage_resolved_events_total").0)
+    });
 
     let started = Instant::now();
     let (mut arrived_events, mut arrived_traces) = (0usize, 0usize);
@@ -676,13 +684,15 @@ async fn live_loop(store: &Store, config: &LineageConfig, blocks: &[Vec<Flow>], 
         let resolved = metric("waybill_lineage_resolved_events_total").0 - resolved_before;
         println!("  {:>3} s: nothing more arrived;                    {resolved:>7.0} events resolved; {pending:>6.0} traces pending", s + 1);
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let ended = Instant::now();
+    let elapsed = (ended - started).as_secs_f64();
     let resolved = metric("waybill_lineage_resolved_events_total").0 - resolved_before;
     let (_, count, sum) = metric("waybill_lineage_resolve_duration_seconds");
     let _ = shutdown.send(true);
     running.await.unwrap();
     stop.store(true, Ordering::Relaxed);
-    let mut beside: Vec<Duration> = beside.await.unwrap().into_iter().map(|(_, latency)| latency).collect();
+    let beside = beside.await.unwrap();
+    let mut all: Vec<Duration> = beside.iter().map(|(_, latency)| *latency).collect();
     println!(
         "  live loop over {elapsed:.0} s: {:.0} events/s arrived, {:.0} events/s resolved ({} steps of up to {} traces, {:.2} s each on average, one per resolve interval)",
         arrived_events as f64 / elapsed,
@@ -691,7 +701,20 @@ async fn live_loop(store: &Store, config: &LineageConfig, blocks: &[Vec<Flow>], 
         config.max_traces_per_step,
         (sum - seconds_before) / (count - steps_before).max(1) as f64
     );
-    println!("  by_key beside the live loop {}", summary(&mut beside));
+    println!("  by_key beside the live loop {}", summary(&mut all));
+    if first_step.is_finished() {
+        let (first_done, resolved_then) = first_step.await.unwrap();
+        let mut after: Vec<Duration> = beside.iter().filter(|(at, _)| *at > first_done).map(|(_, latency)| *latency).collect();
+        println!(
+            "    its first step (which reads the key filter) ended after {:.1} s; since then it resolved {:.0} events/s; by_key {}",
+            (first_done - started).as_secs_f64(),
+            (resolved - (resolved_then - resolved_before)) / (ended - first_done).as_secs_f64(),
+            summary(&mut after)
+        );
+    } else {
+        first_step.abort();
+        println!("    its first step did not end");
+    }
 }
 
 /// `sql(list)` for `items` (SQL literals) packed into `IN` lists as the
