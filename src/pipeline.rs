@@ -158,12 +158,18 @@ type Outcome = Option<Result<(), SinkError>>;
 /// a resend sees one or the other.
 struct Ledger {
     stored: RecentDigests,
+    /// Requests whose spans or logs are stored but whose business events
+    /// are not (the two are written side by side, and only the latter
+    /// failed): a resend writes only its business events.
+    records_stored: RecentDigests,
     in_flight: HashMap<u128, watch::Receiver<Outcome>>,
 }
 
 /// What the ledger knows of a request.
 enum Seen {
     Stored,
+    /// Its spans or logs are stored, its business events are not.
+    RecordsStored,
     /// A copy is being stored: its outcome will be this request's.
     InFlight(watch::Receiver<Outcome>),
     New,
@@ -205,6 +211,7 @@ impl Pipeline {
         let max_queued_rows = config.max_queued_rows.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let ledger = Arc::new(Mutex::new(Ledger {
             stored: RecentDigests::new(config.remembered_requests),
+            records_stored: RecentDigests::new(config.remembered_requests),
             in_flight: HashMap::new(),
         }));
         let pipeline = Arc::new(Pipeline {
@@ -244,10 +251,19 @@ impl Pipeline {
         if let Some(receiver) = register {
             ledger.in_flight.insert(digest, receiver.clone());
         }
+        if ledger.records_stored.contains(digest) {
+            return Seen::RecordsStored;
+        }
         Seen::New
     }
 
-    async fn submit(&self, (digest, bytes): (u128, usize), spans: Vec<SpanRow>, logs: Vec<LogRow>, business: Vec<BizEventRow>) -> Result<Accepted, SinkError> {
+    async fn submit(
+        &self,
+        (digest, bytes): (u128, usize),
+        mut spans: Vec<SpanRow>,
+        mut logs: Vec<LogRow>,
+        business: Vec<BizEventRow>,
+    ) -> Result<Accepted, SinkError> {
         let rows = spans.len() + logs.len();
         if rows == 0 {
             return Ok(Accepted::Stored);
@@ -256,7 +272,7 @@ impl Pipeline {
         match self.seen(digest, None) {
             Seen::Stored => return Ok(Accepted::AlreadyStored),
             Seen::InFlight(original) => return outcome(original).await.map(|()| Accepted::AlreadyStored),
-            Seen::New => {}
+            Seen::RecordsStored | Seen::New => {}
         }
         // Wait briefly for room, so a large request is not refused forever
         // under steady load; a request larger than the whole budget takes all of it.
@@ -270,10 +286,15 @@ impl Pipeline {
         match self.seen(digest, Some(&receiver)) {
             Seen::Stored => return Ok(Accepted::AlreadyStored),
             Seen::InFlight(original) => return outcome(original).await.map(|()| Accepted::AlreadyStored),
+            Seen::RecordsStored => {
+                spans.clear();
+                logs.clear();
+            }
             Seen::New => {}
         }
-        metrics::QUEUED_RECORDS.add(rows as i64);
-        if self.queue.send(Submission { digest, bytes, spans, logs, business, ack, _permit: Some(permit) }).is_err() {
+        let submission = Submission { digest, bytes, spans, logs, business, ack, _permit: Some(permit) };
+        metrics::QUEUED_RECORDS.add(submission.rows() as i64);
+        if self.queue.send(submission).is_err() {
             self.ledger.lock().expect("ledger lock").in_flight.remove(&digest);
             return Err(unavailable("the writer has stopped"));
         }
@@ -419,6 +440,20 @@ impl Writers {
     }
 }
 
+/// What a submission brings to its batch.
+#[derive(Clone, Copy)]
+struct Carried {
+    spans: bool,
+    logs: bool,
+    business: bool,
+}
+
+impl Carried {
+    fn of(submission: &Submission) -> Self {
+        Carried { spans: !submission.spans.is_empty(), logs: !submission.logs.is_empty(), business: !submission.business.is_empty() }
+    }
+}
+
 /// A writer: gathers submissions into batches and writes each batch. The
 /// writers take turns gathering from one queue.
 async fn write_batches(store: Store, writers: Arc<Writers>, config: PipelineConfig, ledger: Arc<Mutex<Ledger>>, resolver: Option<Notifier>) {
@@ -429,25 +464,22 @@ async fn write_batches(store: Store, writers: Arc<Writers>, config: PipelineConf
         let token = format!("waybill-{run:x}-{}", BATCH.fetch_add(1, Ordering::Relaxed));
         metrics::BATCH_RECORDS.observe(rows as f64);
         metrics::BATCH_BYTES.observe(bytes as f64);
-        // A submission is one request, so one signal: logs, or else spans.
-        let carries_logs: Vec<bool> = batch.iter().map(|s| !s.logs.is_empty()).collect();
+        let carried: Vec<Carried> = batch.iter().map(Carried::of).collect();
         let spans: Vec<SpanRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.spans)).collect();
         let logs: Vec<LogRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.logs)).collect();
-        // Business events first: their table keeps one row per record, so
-        // if the raw rows then fail and the client resends, nothing doubles;
-        // the other way round, a failed business write would make the resend
-        // store the spans again under a new token.
         let business: Vec<BizEventRow> = batch.iter_mut().flat_map(|s| std::mem::take(&mut s.business)).collect();
+        // The business events and the raw records go to the engine side by
+        // side, each table on its own connection; a trace client's answer
+        // depends on its spans and its business events.
         let span = tracing::info_span!("write_batch", requests = batch.len(), rows);
-        let (business_result, spans_result, logs_result) = async {
-            let business_result = write_table(&store, "biz_events", &business, &format!("{token}-biz"), config.retry_for).await;
-            if business_result.is_err() {
-                return (business_result.clone(), business_result.clone(), business_result);
-            }
-            // Each table on its own: a trace client's answer depends only on its spans.
-            let spans_result = write_table(&store, "otel_traces", &spans, &format!("{token}-spans"), config.retry_for).await;
-            let logs_result = write_table(&store, "otel_logs", &logs, &format!("{token}-logs"), config.retry_for).await;
-            (business_result, spans_result, logs_result)
+        let (business_result, (spans_result, logs_result)) = async {
+            let business_token = format!("{token}-biz");
+            let records = async {
+                let spans_result = write_table(&store, "otel_traces", &spans, &format!("{token}-spans"), config.retry_for).await;
+                let logs_result = write_table(&store, "otel_logs", &logs, &format!("{token}-logs"), config.retry_for).await;
+                (spans_result, logs_result)
+            };
+            tokio::join!(write_table(&store, "biz_events", &business, &business_token, config.retry_for), records)
         }
         .instrument(span)
         .await;
@@ -460,10 +492,25 @@ async fn write_batches(store: Store, writers: Arc<Writers>, config: PipelineConf
         }
         metrics::QUEUED_RECORDS.sub(rows as i64);
         let mut ledger = ledger.lock().expect("ledger lock");
-        for (submission, carries_logs) in batch.into_iter().zip(carries_logs) {
-            let result = if carries_logs { logs_result.clone() } else { spans_result.clone() };
-            if result.is_ok() {
-                ledger.stored.insert(submission.digest);
+        for (submission, carried) in batch.into_iter().zip(carried) {
+            // A submission is one request, so one signal: logs, or else spans.
+            let records_result = match carried {
+                Carried { logs: true, .. } => logs_result.clone(),
+                Carried { spans: true, .. } => spans_result.clone(),
+                _ => Ok(()),
+            };
+            let records_stored = records_result.is_ok() && (carried.spans || carried.logs);
+            let result = match records_result {
+                Ok(()) if carried.business => business_result.clone(),
+                records_result => records_result,
+            };
+            match &result {
+                Ok(()) => ledger.stored.insert(submission.digest),
+                // Its records are stored: a resend must not store them again.
+                // (Failed records need no note: business events are kept
+                // once per record however often they are written.)
+                Err(_) if records_stored => ledger.records_stored.insert(submission.digest),
+                Err(_) => {}
             }
             ledger.in_flight.remove(&submission.digest);
             // Nobody may be waiting any more (the client gave up); that is fine.

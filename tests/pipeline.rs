@@ -1,5 +1,6 @@
-//! The ingest pipeline's batching against the embedded engine: a batch is
-//! closed by its row or byte bound without waiting out the linger.
+//! The ingest pipeline against the embedded engine: a batch is closed by
+//! its row or byte bound without waiting out the linger, and every request
+//! is stored once however often it is sent.
 
 mod common;
 
@@ -10,7 +11,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use waybill::pipeline::{Pipeline, PipelineConfig};
-use waybill_collector::{Accepted, Sink};
+use waybill_collector::{Accepted, Sink, SinkError};
 use waybill_lineage::{Extractor, LineageConfig};
 
 /// A request with `spans` spans of service `portal`.
@@ -131,6 +132,51 @@ async fn a_resend_of_a_stored_request_is_not_stored_again() {
     assert_eq!(pipeline.accept_traces(sent, "wms".into()).await.unwrap(), Accepted::Stored);
     let count: Vec<u64> = store.fetch_all("SELECT count() FROM otel_traces").await.unwrap();
     assert_eq!(count, [4]);
+    drop(pipeline);
+    writer.await.unwrap();
+    common::drop_database(&store).await;
+}
+
+/// `request` with an order key on every span, so each span is also a
+/// business event.
+fn business_request(first: u8, spans: u8) -> ExportTraceServiceRequest {
+    let mut request = request(first, spans);
+    for span in &mut request.resource_spans[0].scope_spans[0].spans {
+        let order = format!("PO-{}", span.span_id[0]);
+        span.attributes.push(KeyValue {
+            key: "biz.key.order".into(),
+            key_strindex: 0,
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue(order)) }),
+        });
+    }
+    request
+}
+
+async fn spans_and_business_events(store: &waybill_store::Store) -> (u64, u64) {
+    let count = |table: &str| format!("SELECT count() FROM {table}");
+    let spans: Vec<u64> = store.fetch_all(&count("otel_traces")).await.unwrap();
+    let business: Vec<u64> = store.fetch_all(&count("biz_events")).await.unwrap();
+    (spans[0], business[0])
+}
+
+/// Spans and business events are written side by side. When the engine
+/// takes a batch's spans but refuses its business events, the client is
+/// told to retry, and the resend writes only the business events: nothing
+/// is lost and no span is stored twice.
+#[tokio::test]
+async fn a_resend_after_refused_business_events_stores_them_without_doubling_its_spans() {
+    let store = common::store("t_pipeline_partial").await;
+    store.execute("ALTER TABLE biz_events ADD CONSTRAINT refuse_for_the_test CHECK Milestone = 'never'").await.unwrap();
+    let (pipeline, writer) = start(&store, PipelineConfig { retry_for: Duration::from_millis(300), ..PipelineConfig::default() });
+    let sent = business_request(1, 3);
+    let refused = pipeline.accept_traces(sent.clone(), "erp".into()).await;
+    assert!(matches!(refused, Err(SinkError::Unavailable { .. })), "the client is told to retry: {refused:?}");
+    assert_eq!(spans_and_business_events(&store).await, (3, 0), "the spans went in beside the refused business events");
+
+    store.execute("ALTER TABLE biz_events DROP CONSTRAINT refuse_for_the_test").await.unwrap();
+    assert_eq!(pipeline.accept_traces(sent.clone(), "erp".into()).await.unwrap(), Accepted::Stored);
+    assert_eq!(spans_and_business_events(&store).await, (3, 3), "the resend added the business events and no span");
+    assert_eq!(pipeline.accept_traces(sent, "erp".into()).await.unwrap(), Accepted::AlreadyStored);
     drop(pipeline);
     writer.await.unwrap();
     common::drop_database(&store).await;
