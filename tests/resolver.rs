@@ -259,4 +259,5 @@ async fn a_key_lookup_shows_each_transaction_as_last_written_whether_few_or_many
     let in_flight = api::by_key(&store, "ACME", Some("partner"), Some(State::InFlight), 2).await.unwrap();
     assert_eq!(ids_and_states(&in_flight), [pair("p1199", "in_flight"), pair("p1198", "in_flight")]);
     assert_eq!(api::by_key(&store, "ACME", None, None, 1000).await.unwrap().len(), 1000);
+    common::drop_database(&store).await;
 }
