@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use waybill_lineage::api;
 use waybill_lineage::config::Step;
 use waybill_lineage::journey::State;
-use waybill_lineage::resolve::{transaction_id, transaction_row, EVENT_COLUMNS, TRANSACTION_COLUMNS};
+use waybill_lineage::resolve::{id_rows, in_lists, in_sets, key_rows, transaction_id, transaction_row, EVENT_COLUMNS, ID_SET, KEY_SET, TRANSACTION_COLUMNS};
 use waybill_lineage::{LineageConfig, Resolver};
 use waybill_store::engine::{Engine, EngineQuery};
 use waybill_store::sql::quote_string;
@@ -56,8 +56,6 @@ const DAY: i64 = 24 * HOUR;
 const TARGET_SPANS_PER_SEC: f64 = 100_000.0;
 /// The pipeline writes business events in batches of at most this many rows.
 const PIPELINE_BATCH_ROWS: usize = 20_000;
-/// The longest `IN (...)` list the resolver sends (`resolve::LIST_BYTES`), for the replay.
-const RESOLVER_LIST_BYTES: usize = 192 * 1024;
 const KINDS: [&str; 4] = ["order", "sales_order", "shipment", "invoice"];
 
 /// A well-mixed 64-bit hash (splitmix64): random-looking ids and choices
@@ -527,14 +525,14 @@ fn replay(engine: &Engine, blocks: &[Vec<Flow>], step: &ResolveStep) {
         }
     }
     let other_traces: BTreeSet<String> = other_traces.difference(&linked).cloned().collect();
-    let traces = |ids: &BTreeSet<String>, sql: &dyn Fn(&str) -> String| in_lists(ids.iter().map(|id| quote_string(id)), sql);
-    let keys = |keys: &BTreeSet<Key>, sql: &dyn Fn(&str) -> String| {
-        in_lists(keys.iter().map(|(kind, value)| format!("({}, {})", quote_string(value), quote_string(kind))), sql)
-    };
+    // The resolver's statements: each list or set of trace ids or keys in one.
+    let traces = |traces: &BTreeSet<String>, sql: &dyn Fn(&str) -> String| in_lists(traces).iter().map(|list| sql(list)).collect();
+    let linking = |traces: &BTreeSet<String>, sql: &dyn Fn(&str) -> String| in_sets(ID_SET, id_rows(traces)).iter().map(|set| sql(set)).collect();
+    let keys = |keys: &BTreeSet<Key>, sql: &dyn Fn(&str) -> String| in_sets(KEY_SET, key_rows(keys)).iter().map(|set| sql(set)).collect();
     let load = |list: &str| format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({list})");
     let edges = |down: bool| {
-        move |list: &str| {
-            format!("SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({list}) AND Down = {down}")
+        move |set: &str| {
+            format!("SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({set}) AND Down = {down}")
         }
     };
     println!(
@@ -544,14 +542,14 @@ fn replay(engine: &Engine, blocks: &[Vec<Flow>], step: &ResolveStep) {
     phase("load the step's traces", traces(&step_traces, &load));
     phase(
         "traces linking to them",
-        traces(&step_traces, &|list| format!("SELECT DISTINCT TraceId FROM biz_trace_links WHERE LinkedTraceId IN ({list})")),
+        linking(&step_traces, &|set| format!("SELECT DISTINCT TraceId FROM biz_trace_links WHERE LinkedTraceId IN ({set})")),
     );
     phase("load linked traces", traces(&linked, &load));
     phase("edges up to the roots", keys(&touched_up, &edges(false)));
     phase("edges down from the roots (3 levels)", levels.iter().flat_map(|level| keys(level, &edges(true))).collect());
     phase(
         "traces of every key in the closures",
-        keys(&closure_keys, &|list| format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({list})")),
+        keys(&closure_keys, &|set| format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({set})")),
     );
     phase("load the transactions' other traces", traces(&other_traces, &load));
 }
@@ -720,27 +718,6 @@ async fn live_loop(store: &Store, config: &LineageConfig, blocks: &[Vec<Flow>], 
     } else {
         println!("    its first step did not end within the window");
     }
-}
-
-/// `sql(list)` for `items` (SQL literals) packed into `IN` lists as the
-/// resolver packs them (`resolve::fetch_in`).
-fn in_lists(items: impl Iterator<Item = String>, sql: &dyn Fn(&str) -> String) -> Vec<String> {
-    let mut statements = Vec::new();
-    let mut list = String::new();
-    for item in items {
-        if !list.is_empty() && list.len() + item.len() + 2 > RESOLVER_LIST_BYTES {
-            statements.push(sql(&list));
-            list.clear();
-        }
-        if !list.is_empty() {
-            list.push_str(", ");
-        }
-        list.push_str(&item);
-    }
-    if !list.is_empty() {
-        statements.push(sql(&list));
-    }
-    statements
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -64,6 +64,26 @@ async fn a_restarted_resolver_joins_new_traces_to_keys_stored_before_it_started(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_tabs_newlines_quotes_and_backslashes_are_found_in_the_store() {
+    // The resolver sends the keys it looks up to the engine as TSV data in
+    // a string literal: each of these must come back as itself.
+    let store = common::store("resolver_odd_keys").await;
+    let forgetful = LineageConfig { remembered_keys: 0, ..LineageConfig::default() };
+    let odd = ["SO\t1", "SO\n2", "SO\\3", "SO'4", "\\N", "SO$$6", "SO\r7", "SO\\t8", "SO\u{0}9"];
+    for (i, value) in odd.iter().enumerate() {
+        let (order, shipment) = (format!("PO-{i}"), format!("SH-{i}"));
+        let mut first = Resolver::new(store.clone(), forgetful.clone()).unwrap();
+        resolve(&mut first, &store, &[record(&format!("erp{i}"), 1, "order.accepted", "erp", &[("order", &order), ("sales_order", value)])]).await;
+        // A resolver that remembers nothing asks the store about the sales order.
+        let mut second = Resolver::new(store.clone(), forgetful.clone()).unwrap();
+        resolve(&mut second, &store, &[record(&format!("wh{i}"), 2, "shipment.dispatched", "warehouse", &[("sales_order", value), ("shipment", &shipment)])])
+            .await;
+        assert_eq!(keys_of(&store, &shipment).await, [order.as_str(), value, shipment.as_str()], "sales order {value:?}");
+    }
+    common::drop_database(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resolver_remembers_across_many_steps_what_a_fresh_one_reads_from_the_store() {
     // Orders arrive staggered over steps, each stage in its own trace, as in
     // the service. One resolver keeps its memory throughout; the same

@@ -27,9 +27,9 @@ use crate::graph::{self, Key};
 use crate::journey::{self, Milestone};
 use crate::known::{KeyFilter, KnownGraph, KEY_HASH_SQL};
 
-/// Bytes of one rendered `IN (...)` list, under ClickHouse's default
-/// 256 KiB query size limit.
-const LIST_BYTES: usize = 192 * 1024;
+/// Bytes of one operand of `IN` ([`in_lists`], [`in_sets`]), under
+/// ClickHouse's default 256 KiB query size limit.
+const IN_BYTES: usize = 192 * 1024;
 /// Traces waiting beyond this many are dropped and caught up from the store.
 const MAX_PENDING_TRACES: usize = 500_000;
 /// Events ingested this long before the recorded progress are looked at
@@ -358,7 +358,7 @@ impl Resolver {
         let wanted: Vec<String> = traces.into_iter().filter(|t| !loaded.events.contains_key(t)).collect();
         let mut found: foldhash::HashMap<String, Vec<BizEventRow>> = foldhash::HashMap::default();
         let rows: Vec<BizEventRow> =
-            self.fetch_in(quoted(&wanted), |list| format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({list})")).await?;
+            self.fetch_in(in_lists(&wanted), |list| format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({list})")).await?;
         for row in rows {
             // The id is copied once per trace, not once per row.
             match found.get_mut(&row.trace_id) {
@@ -380,7 +380,7 @@ impl Resolver {
 
     async fn traces_linking_to(&self, traces: &BTreeSet<String>) -> Result<BTreeSet<String>, StoreError> {
         let linking: Vec<String> = self
-            .fetch_in(quoted(traces), |list| format!("SELECT DISTINCT TraceId FROM biz_trace_links WHERE LinkedTraceId IN ({list})"))
+            .fetch_in(in_sets(ID_SET, id_rows(traces)), |set| format!("SELECT DISTINCT TraceId FROM biz_trace_links WHERE LinkedTraceId IN ({set})"))
             .await?;
         Ok(linking.into_iter().collect())
     }
@@ -424,8 +424,8 @@ impl Resolver {
         }
         if !unknown.is_empty() {
             let rows: Vec<EdgeRow> = self
-                .fetch_in(key_items(&unknown), |list| {
-                    format!("SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({list}) AND Down = {down}")
+                .fetch_in(in_sets(KEY_SET, key_rows(&unknown)), |set| {
+                    format!("SELECT DISTINCT Kind, Value, Down, OtherKind, OtherValue FROM biz_edges WHERE (Value, Kind) IN ({set}) AND Down = {down}")
                 })
                 .await?;
             self.known.learned_edges(&unknown, &rows, down);
@@ -450,7 +450,9 @@ impl Resolver {
         }
         if !unknown.is_empty() {
             let rows: Vec<KeyTraceRow> = self
-                .fetch_in(key_items(&unknown), |list| format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({list})"))
+                .fetch_in(in_sets(KEY_SET, key_rows(&unknown)), |set| {
+                    format!("SELECT DISTINCT Kind, Value, TraceId FROM biz_key_traces WHERE (Value, Kind) IN ({set})")
+                })
                 .await?;
             self.known.learned_traces(&unknown, &rows);
             for row in rows {
@@ -476,26 +478,14 @@ impl Resolver {
         Ok(filter)
     }
 
-    /// The rows of `sql(list)` for `items` (SQL literals) joined into as
-    /// few `IN` lists as ClickHouse's query size limit allows.
-    async fn fetch_in<T>(&self, items: impl IntoIterator<Item = String>, sql: impl Fn(&str) -> String) -> Result<Vec<T>, StoreError>
+    /// The rows of `sql(operand)` for each of `operands` of `IN` ([`in_lists`], [`in_sets`]).
+    async fn fetch_in<T>(&self, operands: Vec<String>, sql: impl Fn(&str) -> String) -> Result<Vec<T>, StoreError>
     where
         T: clickhouse::RowOwned + clickhouse::RowRead,
     {
         let mut rows = Vec::new();
-        let mut list = String::new();
-        for item in items {
-            if !list.is_empty() && list.len() + item.len() + 2 > LIST_BYTES {
-                rows.extend(self.store.fetch_all::<T>(&sql(&list)).await?);
-                list.clear();
-            }
-            if !list.is_empty() {
-                list.push_str(", ");
-            }
-            list.push_str(&item);
-        }
-        if !list.is_empty() {
-            rows.extend(self.store.fetch_all::<T>(&sql(&list)).await?);
+        for operand in operands {
+            rows.extend(self.store.fetch_all::<T>(&sql(&operand)).await?);
         }
         Ok(rows)
     }
@@ -581,7 +571,7 @@ impl Resolver {
             .fetch_all(&format!("SELECT DISTINCT Id FROM transactions WHERE NextDue > 0 AND NextDue <= fromUnixTimestamp64Nano({now_ns})"))
             .await?;
         let rows: Vec<TransactionRow> = self
-            .fetch_in(quoted(&due), |list| format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE Id IN ({list}) ORDER BY Version DESC LIMIT 1 BY Id"))
+            .fetch_in(in_lists(&due), |list| format!("SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE Id IN ({list}) ORDER BY Version DESC LIMIT 1 BY Id"))
             .await?;
         let mut changed = Vec::new();
         for mut row in rows.into_iter().filter(|r| r.next_due_ns > 0 && r.next_due_ns <= now_ns) {
@@ -729,14 +719,98 @@ pub fn transaction_id(root: &Key) -> String {
     format!("{:032x}", cityhash_rs::cityhash_102_128(identity.as_bytes()))
 }
 
-/// `values` as SQL string literals.
-fn quoted<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<String> {
-    values.into_iter().map(|v| quote_string(v)).collect()
+/// `values` as lists of string literals for `IN`, in as few as
+/// ClickHouse's query size limit allows. For reading the events of
+/// thousands of traces spread over `biz_events` such a list takes about
+/// half the time of a set ([`in_sets`]) of the same ids.
+pub fn in_lists<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut lists = Vec::new();
+    let mut list = String::new();
+    for value in values {
+        let item = quote_string(value);
+        if !list.is_empty() && list.len() + item.len() + 2 > IN_BYTES {
+            lists.push(std::mem::take(&mut list));
+        }
+        if !list.is_empty() {
+            list.push_str(", ");
+        }
+        list.push_str(&item);
+    }
+    if !list.is_empty() {
+        lists.push(list);
+    }
+    lists
 }
 
-/// `keys` as `(value, kind)` tuples, the order of the tables' sorting keys.
-fn key_items(keys: &[Key]) -> impl Iterator<Item = String> + '_ {
-    keys.iter().map(|(kind, value)| format!("({}, {})", quote_string(value), quote_string(kind)))
+/// The structure of a set of ids ([`id_rows`]) and of keys ([`key_rows`]),
+/// the latter in the order of the tables' sorting keys.
+pub const ID_SET: &str = "id String";
+pub const KEY_SET: &str = "value String, kind String";
+
+/// `rows` (from [`id_rows`] or [`key_rows`]) as subqueries for `IN`, in as
+/// few as ClickHouse's query size limit allows. Each is
+/// `SELECT * FROM format(TSV, structure, '...')`: the engine reads such a
+/// set as data. Looking up thousands of keys in a table sorted by them
+/// takes a fifth of the time it takes with the keys written as a list of
+/// tuple literals, which the engine must analyse one by one.
+pub fn in_sets(structure: &str, rows: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut sets = Vec::new();
+    let mut data = String::new();
+    let mut finish = |data: &mut String| {
+        sets.push(format!("SELECT * FROM format(TSV, {}, '{data}')", quote_string(structure)));
+        data.clear();
+    };
+    for row in rows {
+        if !data.is_empty() && data.len() + row.len() + 2 > IN_BYTES {
+            finish(&mut data);
+        }
+        if !data.is_empty() {
+            data.push_str("\\n");
+        }
+        data.push_str(&row);
+    }
+    if !data.is_empty() {
+        finish(&mut data);
+    }
+    sets
+}
+
+/// Each of `values` as a row of a set of ids.
+pub fn id_rows<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    values.into_iter().map(|value| {
+        let mut row = String::with_capacity(value.len());
+        push_field(&mut row, value);
+        row
+    })
+    .collect()
+}
+
+/// Each of `keys` as a row of a set of keys: value, then kind.
+pub fn key_rows<'a>(keys: impl IntoIterator<Item = &'a Key>) -> Vec<String> {
+    keys.into_iter().map(|(kind, value)| {
+        let mut row = String::with_capacity(kind.len() + value.len() + 2);
+        push_field(&mut row, value);
+        row.push_str("\\t");
+        push_field(&mut row, kind);
+        row
+    })
+    .collect()
+}
+
+/// `field` escaped for TSV, and that escaped again for the SQL string
+/// literal the set is sent in.
+fn push_field(row: &mut String, field: &str) {
+    for c in field.chars() {
+        match c {
+            '\\' => row.push_str("\\\\\\\\"),
+            '\t' => row.push_str("\\\\t"),
+            '\n' => row.push_str("\\\\n"),
+            '\r' => row.push_str("\\\\r"),
+            '\0' => row.push_str("\\\\0"),
+            '\'' => row.push_str("\\'"),
+            c => row.push(c),
+        }
+    }
 }
 
 pub(crate) fn now_ns() -> i64 {
