@@ -3,7 +3,7 @@
 //! raw engine insert rate of the same rows (the spans and the business rows
 //! the service writes for them) measured in the same run before and after
 //! the load, and the service's resident memory (engine included) under
-//! overload.
+//! overload, with how much of it its own heap was.
 //!
 //! Run: `cargo bench --bench otlp_load`. Environment: BENCH_SECONDS (20),
 //! BENCH_CONNECTIONS (32), BENCH_OVERLOAD_CONNECTIONS (400), BENCH_BATCHES
@@ -210,6 +210,42 @@ fn rss_bytes(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// The service's largest resident memory that `/metrics` reported in a
+/// phase (its gauges refresh every 2 s), and how much of it was Waybill's
+/// own heap then; the rest is the engine's and the program's.
+#[derive(Clone, Copy, Default)]
+struct MemoryPeak {
+    resident: f64,
+    heap: f64,
+}
+
+/// Reads the two memory gauges of `/metrics` every 0.5 s into `peak`.
+fn sample_memory_gauges(http: u16, peak: Arc<std::sync::Mutex<MemoryPeak>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let answer = get(http, "/metrics").await.map(|(_, answer)| answer).unwrap_or_default();
+            let value = |name: &str| answer.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
+            if let (Some(resident), Some(heap)) = (value("waybill_resident_memory_bytes"), value("waybill_heap_in_use_bytes")) {
+                let mut peak = peak.lock().unwrap();
+                if resident > peak.resident {
+                    *peak = MemoryPeak { resident, heap };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+/// The phase's memory peak, as printed after its line, and a fresh start for the next.
+fn take_memory_peak(peak: &std::sync::Mutex<MemoryPeak>) -> String {
+    let taken = std::mem::take(&mut *peak.lock().unwrap());
+    format!(
+        "  /metrics at its largest resident figure: {:.0} MB resident, of which {:.0} MB Waybill's heap in use (the rest the engine's and the program's)",
+        taken.resident / 1e6,
+        taken.heap / 1e6
+    )
 }
 
 /// What the service's `/metrics` say so far.
@@ -547,6 +583,8 @@ async fn main() {
             }
         }
     });
+    let gauges = Arc::new(std::sync::Mutex::new(MemoryPeak::default()));
+    let gauge_sampler = sample_memory_gauges(http, gauges.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], otlp));
     let half = bodies.len() / 2;
     let sustained = Arc::new(bodies[..half].to_vec());
@@ -569,6 +607,7 @@ async fn main() {
         totals.other.load(Ordering::Relaxed),
         peak.load(Ordering::Relaxed) as f64 / 1e6
     );
+    println!("{}", take_memory_peak(&gauges));
     let after_sustained = service_progress(http, pid).await;
     print_progress(started, after_sustained, elapsed, totals.acked_spans.load(Ordering::Relaxed));
     println!("{sustained_lookups}");
@@ -584,9 +623,11 @@ async fn main() {
         totals.other.load(Ordering::Relaxed),
         peak.load(Ordering::Relaxed) as f64 / 1e6
     );
+    println!("{}", take_memory_peak(&gauges));
     print_progress(after_sustained, service_progress(http, pid).await, elapsed, totals.acked_spans.load(Ordering::Relaxed));
     println!("{overload_lookups}");
     sampler.abort();
+    gauge_sampler.abort();
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
