@@ -317,6 +317,8 @@ impl Resolver {
             // Records of a trace with the same keys and links (the spans
             // of one order, say) link the same keys: each such group once.
             let mut alike = foldhash::HashSet::default();
+            // The keys the trace's records belong to, for the key → trace index.
+            let mut trace_keys: BTreeSet<Key> = BTreeSet::new();
             for event in trace_events {
                 events += 1;
                 if !alike.insert((&event.key_kinds, &event.key_values, &event.linked_trace_ids)) {
@@ -331,10 +333,11 @@ impl Resolver {
                 if keys.is_empty() {
                     keys = linked;
                 }
-                for (kind, value) in &keys {
-                    key_traces.insert(KeyTraceRow { kind: kind.clone(), value: value.clone(), trace_id: trace.clone() });
-                }
-                touched.extend(keys);
+                trace_keys.extend(keys);
+            }
+            for key in trace_keys {
+                key_traces.insert(KeyTraceRow { kind: key.0.clone(), value: key.1.clone(), trace_id: trace.clone() });
+                touched.insert(key);
             }
         }
         // Rows the store holds already (a trace seen in an earlier step) are not written again.
@@ -512,7 +515,7 @@ impl Resolver {
         // The traces of every key in any closure.
         let all_keys: Vec<Key> = seen.into_iter().collect();
         let traces_of = self.traces_of(&all_keys).await?;
-        let needed: Vec<String> = traces_of.values().flatten().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let needed: Vec<String> = traces_of.values().flatten().collect::<BTreeSet<&String>>().into_iter().cloned().collect();
         self.load(loaded, needed).await?;
 
         let mut rows = Vec::new();
