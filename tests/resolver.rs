@@ -1,5 +1,6 @@
 //! The resolver against the real engine: what it remembers between steps
-//! must never hide a key the store already holds, and run apart as the
+//! must never hide a key the store already holds, the keys it looks up
+//! reach the engine intact whatever their characters, and run apart as the
 //! service runs it, it resolves at a lower CPU priority. And what the API
 //! reads of its rows: a key lookup shows each transaction as last written.
 

@@ -745,9 +745,10 @@ pub fn in_lists<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<String>
     lists
 }
 
-/// The structure of a set of ids ([`id_rows`]) and of keys ([`key_rows`]),
-/// the latter in the order of the tables' sorting keys.
+/// The structure of a set of ids ([`id_rows`]).
 pub const ID_SET: &str = "id String";
+/// The structure of a set of keys ([`key_rows`]), in the order of the
+/// key tables' sorting keys.
 pub const KEY_SET: &str = "value String, kind String";
 
 /// `rows` (from [`id_rows`] or [`key_rows`]) as subqueries for `IN`, in as
@@ -780,24 +781,27 @@ pub fn in_sets(structure: &str, rows: impl IntoIterator<Item = String>) -> Vec<S
 
 /// Each of `values` as a row of a set of ids.
 pub fn id_rows<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<String> {
-    values.into_iter().map(|value| {
-        let mut row = String::with_capacity(value.len());
-        push_field(&mut row, value);
-        row
-    })
-    .collect()
+    values
+        .into_iter()
+        .map(|value| {
+            let mut row = String::with_capacity(value.len());
+            push_field(&mut row, value);
+            row
+        })
+        .collect()
 }
 
 /// Each of `keys` as a row of a set of keys: value, then kind.
 pub fn key_rows<'a>(keys: impl IntoIterator<Item = &'a Key>) -> Vec<String> {
-    keys.into_iter().map(|(kind, value)| {
-        let mut row = String::with_capacity(kind.len() + value.len() + 2);
-        push_field(&mut row, value);
-        row.push_str("\\t");
-        push_field(&mut row, kind);
-        row
-    })
-    .collect()
+    keys.into_iter()
+        .map(|(kind, value)| {
+            let mut row = String::with_capacity(kind.len() + value.len() + 2);
+            push_field(&mut row, value);
+            row.push_str("\\t");
+            push_field(&mut row, kind);
+            row
+        })
+        .collect()
 }
 
 /// `field` escaped for TSV, and that escaped again for the SQL string
