@@ -525,10 +525,11 @@ fn replay(engine: &Engine, blocks: &[Vec<Flow>], step: &ResolveStep) {
         }
     }
     let other_traces: BTreeSet<String> = other_traces.difference(&linked).cloned().collect();
-    // The resolver's statements: each list or set of trace ids or keys in one.
-    let traces = |traces: &BTreeSet<String>, sql: &dyn Fn(&str) -> String| in_lists(traces).iter().map(|list| sql(list)).collect();
-    let linking = |traces: &BTreeSet<String>, sql: &dyn Fn(&str) -> String| in_sets(ID_SET, id_rows(traces)).iter().map(|set| sql(set)).collect();
-    let keys = |keys: &BTreeSet<Key>, sql: &dyn Fn(&str) -> String| in_sets(KEY_SET, key_rows(keys)).iter().map(|set| sql(set)).collect();
+    // The resolver's statements: one per list or set of trace ids or keys.
+    let each = |operands: Vec<String>, sql: &dyn Fn(&str) -> String| operands.iter().map(|operand| sql(operand)).collect::<Vec<_>>();
+    let traces = |traces: &BTreeSet<String>, sql: &dyn Fn(&str) -> String| each(in_lists(traces), sql);
+    let linking = |traces: &BTreeSet<String>, sql: &dyn Fn(&str) -> String| each(in_sets(ID_SET, id_rows(traces)), sql);
+    let keys = |keys: &BTreeSet<Key>, sql: &dyn Fn(&str) -> String| each(in_sets(KEY_SET, key_rows(keys)), sql);
     let load = |list: &str| format!("SELECT {EVENT_COLUMNS} FROM biz_events WHERE TraceId IN ({list})");
     let edges = |down: bool| {
         move |set: &str| {

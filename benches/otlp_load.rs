@@ -212,6 +212,11 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The value of series `name` (labels included) in a Prometheus exposition.
+fn sample(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+}
+
 /// The service's largest resident memory that `/metrics` reported in a
 /// phase (its gauges refresh every 2 s), and how much of it was Waybill's
 /// own heap then; the rest is the engine's and the program's.
@@ -226,8 +231,8 @@ fn sample_memory_gauges(http: u16, peak: Arc<std::sync::Mutex<MemoryPeak>>) -> t
     tokio::spawn(async move {
         loop {
             let answer = get(http, "/metrics").await.map(|(_, answer)| answer).unwrap_or_default();
-            let value = |name: &str| answer.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
-            if let (Some(resident), Some(heap)) = (value("waybill_resident_memory_bytes"), value("waybill_heap_in_use_bytes")) {
+            let gauges = (sample(&answer, "waybill_resident_memory_bytes"), sample(&answer, "waybill_heap_in_use_bytes"));
+            if let (Some(resident), Some(heap)) = gauges {
                 let mut peak = peak.lock().unwrap();
                 if resident > peak.resident {
                     *peak = MemoryPeak { resident, heap };
@@ -278,10 +283,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 async fn service_progress(http: u16, pid: u32) -> Progress {
     let answer = get(http, "/metrics").await.map(|(_, answer)| answer).unwrap_or_default();
-    let value = |name: &str| {
-        // A labelled series appears with its first observation.
-        answer.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok()).unwrap_or(0.0)
-    };
+    // A labelled series appears with its first observation.
+    let value = |name: &str| sample(&answer, name).unwrap_or(0.0);
     Progress {
         resolved: value("waybill_lineage_resolved_events_total"),
         pending: value("waybill_lineage_pending_traces"),
