@@ -459,6 +459,11 @@ impl KeyFilter {
         self.positions(hash).all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
     }
 
+    /// Keys inserted that it did not hold before.
+    pub fn inserted(&self) -> usize {
+        self.inserted
+    }
+
     /// More insertions than it was sized for: its "maybe" grows common.
     pub fn is_full(&self) -> bool {
         self.inserted > self.capacity
