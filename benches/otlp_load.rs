@@ -13,8 +13,10 @@
 //! every entry span is a business record, with keys and a milestone; N: one
 //! entry span in N, the others plain spans of the same flow),
 //! BENCH_LOOKUP_PAUSE_MS (50: an order lookup through the JSON API after
-//! each pause of this long, beside the load; 0: none). Figures are in
-//! BENCHMARKS.md.
+//! each pause of this long, beside the load; 0: none), BENCH_PACED_SPANS
+//! (0: none; N: first a phase of requests of their own sent at N spans/s,
+//! which shows whether lineage keeps up with ingest at that rate). Figures
+//! are in BENCHMARKS.md.
 
 mod common;
 use common::{env_or, fresh_engine, migrated_store};
@@ -429,13 +431,15 @@ async fn exchange(stream: &mut BufReader<tokio::net::TcpStream>, addr: SocketAdd
 }
 
 /// Sends `bodies` over `connections` keep-alive connections until they run
-/// out or `seconds` pass. On 429 a connection waits `busy_wait` and resends.
+/// out or `seconds` pass; with `pace`, request `i` not before `i * pace`
+/// from the start. On 429 a connection waits `busy_wait` and resends.
 async fn load(
     addr: SocketAddr,
     bodies: Arc<Vec<Vec<u8>>>,
     connections: usize,
     seconds: u64,
     busy_wait: Duration,
+    pace: Option<Duration>,
 ) -> (Arc<Totals>, Duration) {
     let next = Arc::new(AtomicUsize::new(0));
     let totals = Arc::new(Totals::default());
@@ -450,6 +454,9 @@ async fn load(
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     if index >= bodies.len() || Instant::now() > deadline {
                         return;
+                    }
+                    if let Some(pace) = pace {
+                        tokio::time::sleep_until((start + pace * index as u32).into()).await;
                     }
                     loop {
                         if stream.is_none() {
@@ -499,6 +506,68 @@ async fn load(
     (totals, start.elapsed())
 }
 
+/// Sends `bodies` at `spans_per_s` and prints whether the resolver kept up:
+/// the traces waiting for it during the phase, and how long after it none
+/// were waiting. Each request carries `business` business events.
+#[allow(clippy::too_many_arguments)]
+async fn paced_phase(
+    http: u16,
+    pid: u32,
+    addr: SocketAddr,
+    bodies: Arc<Vec<Vec<u8>>>,
+    connections: usize,
+    seconds: u64,
+    spans_per_s: u64,
+    business: usize,
+) {
+    let most_waiting = Arc::new(AtomicU64::new(0));
+    let watcher = tokio::spawn({
+        let most_waiting = most_waiting.clone();
+        async move {
+            loop {
+                most_waiting.fetch_max(service_progress(http, pid).await.pending as u64, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    let before = service_progress(http, pid).await;
+    let pace = Duration::from_secs_f64(SPANS_PER_REQUEST as f64 / spans_per_s as f64);
+    let (totals, elapsed) = load(addr, bodies, connections, seconds, Duration::from_millis(20), Some(pace)).await;
+    let after = service_progress(http, pid).await;
+    watcher.abort();
+    let acked = totals.acked_spans.load(Ordering::Relaxed);
+    let arrived = (acked / SPANS_PER_REQUEST as u64) as f64 * business as f64;
+    println!(
+        "paced at {spans_per_s} spans/s, {connections} connections: {acked} spans acknowledged in {:.1} s = {:.0} spans/s, {:.0} business events/s; 429: {}, other errors: {}",
+        elapsed.as_secs_f64(),
+        acked as f64 / elapsed.as_secs_f64(),
+        arrived / elapsed.as_secs_f64(),
+        totals.busy.load(Ordering::Relaxed),
+        totals.other.load(Ordering::Relaxed)
+    );
+    // Caught up once no trace waits and the resolver has resolved at least
+    // what arrived (a trace's notification follows its write).
+    let drained = Instant::now();
+    let caught_up = loop {
+        let now = service_progress(http, pid).await;
+        if now.pending == 0.0 && now.resolved - before.resolved >= arrived {
+            break Some(drained.elapsed());
+        }
+        if drained.elapsed() > Duration::from_secs(300) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!(
+        "  resolver: {:.0} business events/s resolved during the phase; traces waiting at most {}, {:.0} at its end; {}",
+        (after.resolved - before.resolved) / elapsed.as_secs_f64(),
+        most_waiting.load(Ordering::Relaxed).max(after.pending as u64),
+        after.pending,
+        caught_up.map_or("still behind 300 s after it".to_owned(), |after| format!("caught up {:.1} s after it", after.as_secs_f64()))
+    );
+    print_progress(before, after, elapsed, acked);
+}
+
 /// Kills the service if the benchmark stops early, so no server is left behind.
 struct KillOnDrop(u32);
 
@@ -544,6 +613,13 @@ async fn main() {
     let (rows, business): (Vec<_>, Vec<_>) = (rows.concat(), business.concat());
     drop(requests);
     std::fs::create_dir_all(root.join("raw-rows")).unwrap();
+    // The paced phase's requests come after the others, so their traces are new.
+    let paced_spans = env_or("BENCH_PACED_SPANS", 0) as u64;
+    let paced_requests = (paced_spans * seconds).div_ceil(SPANS_PER_REQUEST as u64);
+    let paced: Vec<ExportTraceServiceRequest> =
+        (0..paced_requests).map(|b| request(batches as u64 + b, now_ns, business_every, per_service)).collect();
+    let paced_business = paced.first().map_or(0, |r| extractor.spans(&waybill::pipeline::span_rows(r, "")).len());
+    let paced: Arc<Vec<Vec<u8>>> = Arc::new(paced.iter().map(|r| r.encode_to_vec()).collect());
     let raw_rows = raw_rows(&root.join("raw"), &root.join("raw-rows"), &rows, &business).await;
     let business_rows = business.len();
     drop((rows, business));
@@ -594,12 +670,17 @@ async fn main() {
     let overload = Arc::new(bodies[half..].to_vec());
     drop(bodies);
 
+    if paced_spans > 0 {
+        paced_phase(http, pid, addr, paced, connections, seconds, paced_spans, paced_business).await;
+        println!("{}", take_memory_peak(&gauges));
+    }
+
     // Lookups ask for orders of the phase's first requests, then for
     // orders the sustained phase stored.
     let orders_per_request = (SPANS_PER_REQUEST / (4 * per_service)) as u64;
     let started = service_progress(http, pid).await;
     let lookups = Lookups::start(http, 32 * orders_per_request, lookup_pause);
-    let (totals, elapsed) = load(addr, sustained, connections, seconds, Duration::from_millis(20)).await;
+    let (totals, elapsed) = load(addr, sustained, connections, seconds, Duration::from_millis(20), None).await;
     let sustained_lookups = lookups.finish().await;
     let rate = totals.acked_spans.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
     println!(
@@ -617,7 +698,7 @@ async fn main() {
 
     peak.store(0, Ordering::Relaxed);
     let lookups = Lookups::start(http, half as u64 * orders_per_request, lookup_pause);
-    let (totals, elapsed) = load(addr, overload, overload_connections, seconds, Duration::from_millis(1)).await;
+    let (totals, elapsed) = load(addr, overload, overload_connections, seconds, Duration::from_millis(1), None).await;
     let overload_lookups = lookups.finish().await;
     let overload_rate = totals.acked_spans.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
     println!(
