@@ -507,8 +507,9 @@ async fn load(
 }
 
 /// Sends `bodies` at `spans_per_s` and prints whether the resolver kept up:
-/// the traces waiting for it during the phase, and how long after it none
-/// were waiting. Each request carries `business` business events.
+/// the traces waiting for it during the phase, and how long after it the
+/// resolver had resolved every business event that arrived. Each request
+/// carries `business` business events.
 #[allow(clippy::too_many_arguments)]
 async fn paced_phase(
     http: u16,

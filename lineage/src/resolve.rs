@@ -474,16 +474,17 @@ impl Resolver {
     async fn read_key_filter(&self) -> Result<KeyFilter, StoreError> {
         let rows: Vec<u64> = self.store.fetch_all("SELECT count() FROM biz_key_traces UNION ALL SELECT count() FROM biz_edges").await?;
         let pages = rows.iter().sum::<u64>().div_ceil(FILTER_PAGE_ROWS).max(1);
-        let mut filter = None;
-        for page in 0..pages {
-            let hashes: Vec<u64> =
-                self.store.fetch_all(&format!("SELECT DISTINCT {KEY_HASH_SQL} AS hash FROM {GRAPH_KEYS} WHERE hash % {pages} = {page}")).await?;
-            // Hashes fall evenly into the shares: the first share's keys,
-            // times the shares, size the filter.
-            let filter = filter.get_or_insert_with(|| KeyFilter::for_keys(hashes.len() * pages as usize));
-            hashes.into_iter().for_each(|hash| filter.insert(hash));
+        let share = |page: u64| async move {
+            self.store.fetch_all::<u64>(&format!("SELECT DISTINCT {KEY_HASH_SQL} AS hash FROM {GRAPH_KEYS} WHERE hash % {pages} = {page}")).await
+        };
+        // Hashes fall evenly into the shares: the first share's keys, times
+        // the shares, size the filter.
+        let first = share(0).await?;
+        let mut filter = KeyFilter::for_keys(first.len() * pages as usize);
+        first.into_iter().for_each(|hash| filter.insert(hash));
+        for page in 1..pages {
+            share(page).await?.into_iter().for_each(|hash| filter.insert(hash));
         }
-        let filter = filter.unwrap_or_else(|| KeyFilter::for_keys(0));
         tracing::debug!(keys = filter.inserted(), pages, "lineage key filter read");
         Ok(filter)
     }
