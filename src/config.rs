@@ -116,10 +116,18 @@ pub struct PipelineSettings {
     pub max_batch_rows: usize,
     /// ...or requests of this many bytes (their OTLP protobuf size)...
     pub max_batch_bytes: usize,
-    /// ...after lingering this many milliseconds for more (0: at once).
-    /// Batches grow with load either way, since the next one gathers while
-    /// one is written.
+    /// ...or once its first request has waited this many milliseconds in
+    /// the queue for more to join it (0: never linger). Batches grow with
+    /// load either way, since the next one gathers while one is written;
+    /// lingering makes fewer, larger INSERTs at moderate rates.
     pub flush_interval_ms: u64,
+    /// Linger only while requests arrive during writes and batches stay
+    /// small, up to `flush_interval_ms`, and not at all once a batch's
+    /// requests all came while nothing was being written; a lingering batch
+    /// also goes once no request came for twice the usual gap between
+    /// them. An exporter that sends one request at a time is never held
+    /// back. `false`: always linger the whole `flush_interval_ms`.
+    pub adaptive_flush: bool,
     /// Records queued or being written at most; beyond it exporters get
     /// 429 / RESOURCE_EXHAUSTED and retry, instead of memory growing.
     pub max_queued_rows: usize,
@@ -137,6 +145,7 @@ impl Default for PipelineSettings {
             max_batch_rows: defaults.max_batch_rows,
             max_batch_bytes: defaults.max_batch_bytes,
             flush_interval_ms: defaults.flush_interval.as_millis() as u64,
+            adaptive_flush: defaults.adaptive_flush,
             max_queued_rows: defaults.max_queued_rows,
             retry_seconds: defaults.retry_for.as_secs(),
             writers: defaults.writers,
@@ -163,6 +172,7 @@ impl PipelineSettings {
             max_batch_rows: self.max_batch_rows,
             max_batch_bytes: self.max_batch_bytes,
             flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
+            adaptive_flush: self.adaptive_flush,
             max_queued_rows: self.max_queued_rows,
             retry_for: std::time::Duration::from_secs(self.retry_seconds),
             writers: self.writers,
@@ -349,6 +359,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "pipeline.max_batch_rows must be positive and pipeline.max_queued_rows at least as large (and below 4294967295)".into(),
             ));
+        }
+        if p.flush_interval_ms > 10_000 {
+            return Err(ConfigError::Invalid(format!(
+                "pipeline.flush_interval_ms must be at most 10000 (exporters time out after 10 s by default), got {}",
+                p.flush_interval_ms
+            )));
         }
         if !(1..=16).contains(&p.writers) {
             return Err(ConfigError::Invalid(format!("pipeline.writers must be between 1 and 16, got {}", p.writers)));

@@ -5,8 +5,9 @@
 //! ClickHouse exporter writes them: span kind and status as `Server` /
 //! `Error`, ids as lowercase hex, attribute values as pdata's `AsString`) and
 //! queued; one writer task writes what is queued as one INSERT per table
-//! (up to a row limit, optionally lingering for more), and each request is
-//! acknowledged only once its batch is stored. At least once, without double counting:
+//! (up to a row limit, lingering for more while requests arrive faster than
+//! they are written), and each request is acknowledged only once its batch
+//! is stored. At least once, without double counting:
 //! - the queue is bounded in rows; a full queue answers Busy (429 /
 //!   RESOURCE_EXHAUSTED) instead of growing;
 //! - a failed batch is retried with the same deduplication token while its
@@ -43,8 +44,17 @@ pub struct PipelineConfig {
     pub max_batch_rows: usize,
     /// ...or once its requests' encoded size reaches this many bytes...
     pub max_batch_bytes: usize,
-    /// ...after lingering this long for more (zero: write at once).
+    /// ...after lingering for more: a batch goes at the latest once its
+    /// first request has waited this long in the queue (zero: never linger).
     pub flush_interval: Duration,
+    /// Linger only while requests arrive during writes and batches stay
+    /// small: the linger grows towards `flush_interval` while they do, and
+    /// halves to none once a batch's requests all came while nothing was
+    /// being written; a lingering batch also goes once no request came for
+    /// twice the usual gap between them. An exporter that sends one
+    /// request at a time is never held back. Off: always linger the whole
+    /// `flush_interval`.
+    pub adaptive_flush: bool,
     /// Rows queued or being written at most; beyond it requests get Busy.
     pub max_queued_rows: usize,
     /// How long a failed batch is retried before its clients get Unavailable.
@@ -62,7 +72,8 @@ impl Default for PipelineConfig {
         PipelineConfig {
             max_batch_rows: 20_000,
             max_batch_bytes: 32 << 20,
-            flush_interval: Duration::ZERO,
+            flush_interval: Duration::from_millis(100),
+            adaptive_flush: true,
             max_queued_rows: 200_000,
             retry_for: Duration::from_secs(10),
             remembered_requests: 100_000,
@@ -75,8 +86,8 @@ mod metrics {
     //! The pipeline's Prometheus metrics (default registry).
     use std::sync::LazyLock;
 
-    use prometheus::{register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge};
-    use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge};
+    use prometheus::{register_gauge, register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge};
+    use prometheus::{Gauge, Histogram, HistogramVec, IntCounterVec, IntGauge};
 
     pub static QUEUED_RECORDS: LazyLock<IntGauge> = LazyLock::new(|| {
         register_int_gauge!("waybill_pipeline_queued_records", "Records accepted into the queue and not yet stored")
@@ -89,6 +100,10 @@ mod metrics {
             vec![1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 20_000.0, 50_000.0, 100_000.0]
         )
         .expect("metric registers once")
+    });
+    pub static LINGER_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
+        register_gauge!("waybill_pipeline_linger_seconds", "How long the writer now lingers for more requests before writing a batch")
+            .expect("metric registers once")
     });
     pub static BATCH_BYTES: LazyLock<Histogram> = LazyLock::new(|| {
         register_histogram!(
@@ -117,6 +132,7 @@ mod metrics {
         LazyLock::force(&QUEUED_RECORDS);
         LazyLock::force(&BATCH_RECORDS);
         LazyLock::force(&BATCH_BYTES);
+        LazyLock::force(&LINGER_SECONDS);
         LazyLock::force(&INSERT_SECONDS);
         LazyLock::force(&FAILED_INSERTS);
     }
@@ -143,6 +159,11 @@ struct Submission {
     ack: watch::Sender<Outcome>,
     /// Returned to the queue's budget when the submission is dropped.
     _permit: Option<OwnedSemaphorePermit>,
+    /// When it was queued: the linger is counted from here.
+    queued: Instant,
+    /// Whether a batch was being written when it was queued: exporters
+    /// send faster than batches are written, and lingering pays.
+    during_write: bool,
 }
 
 impl Submission {
@@ -193,6 +214,8 @@ pub struct Pipeline {
     budget: Arc<Semaphore>,
     max_queued_rows: usize,
     ledger: Arc<Mutex<Ledger>>,
+    /// How many batches the writers are writing.
+    writing: Arc<AtomicUsize>,
 }
 
 impl Pipeline {
@@ -214,14 +237,15 @@ impl Pipeline {
             records_stored: RecentDigests::new(config.remembered_requests),
             in_flight: HashMap::new(),
         }));
+        let shared = Arc::new(Writers::new(receiver));
         let pipeline = Arc::new(Pipeline {
             queue,
             extractor: Arc::new(extractor),
             budget: Arc::new(Semaphore::new(max_queued_rows)),
             max_queued_rows,
             ledger: ledger.clone(),
+            writing: shared.writing.clone(),
         });
-        let shared = Arc::new(Writers::new(receiver));
         let writers: Vec<_> = (0..config.writers.max(1))
             .map(|_| tokio::spawn(write_batches(store.clone(), shared.clone(), config, ledger.clone(), resolver.clone())))
             .collect();
@@ -292,7 +316,9 @@ impl Pipeline {
             }
             Seen::New => {}
         }
-        let submission = Submission { digest, bytes, spans, logs, business, ack, _permit: Some(permit) };
+        let during_write = self.writing.load(Ordering::Acquire) > 0;
+        let submission =
+            Submission { digest, bytes, spans, logs, business, ack, _permit: Some(permit), queued: Instant::now(), during_write };
         metrics::QUEUED_RECORDS.add(submission.rows() as i64);
         if self.queue.send(submission).is_err() {
             self.ledger.lock().expect("ledger lock").in_flight.remove(&digest);
@@ -372,35 +398,108 @@ impl RecentDigests {
 }
 
 /// What the writers share: the queue they take turns gathering from, and
-/// how many of them are writing a batch.
+/// how many of them are writing a batch (from gathering it to its INSERTs'
+/// end; its clients are answered after).
 struct Writers {
-    queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<Submission>>,
-    writing: AtomicUsize,
+    queue: tokio::sync::Mutex<Gathering>,
+    writing: Arc<AtomicUsize>,
     /// Signalled whenever a writer finishes a batch.
     wrote: tokio::sync::Notify,
 }
 
+/// The queue and how long the writer gathering from it lingers now.
+struct Gathering {
+    queue: mpsc::UnboundedReceiver<Submission>,
+    linger: Duration,
+    /// The gaps between the last requests' arrivals, oldest first.
+    gaps: VecDeque<Duration>,
+    last_queued: Option<Instant>,
+}
+
+/// How many gaps between arrivals the adaptive linger remembers.
+const REMEMBERED_GAPS: usize = 16;
+
+impl Gathering {
+    fn new(queue: mpsc::UnboundedReceiver<Submission>) -> Self {
+        Gathering { queue, linger: Duration::ZERO, gaps: VecDeque::with_capacity(REMEMBERED_GAPS), last_queued: None }
+    }
+
+    fn arrived(&mut self, queued: Instant) {
+        if let Some(last) = self.last_queued {
+            if self.gaps.len() == REMEMBERED_GAPS {
+                self.gaps.pop_front();
+            }
+            self.gaps.push_back(queued.saturating_duration_since(last));
+        }
+        self.last_queued = Some(self.last_queued.map_or(queued, |last| last.max(queued)));
+    }
+
+    /// How long a lingering batch waits for the next request: twice the
+    /// median gap between recent arrivals, at least a 32nd of
+    /// `flush_interval`. Exporters that each wait for their answer send
+    /// again together, within a moment of each other, and then nothing
+    /// comes until their answers: waiting on would only delay them.
+    /// Independent exporters keep arriving at their usual pace.
+    fn quiet(&self, config: &PipelineConfig) -> Duration {
+        let mut gaps: Vec<Duration> = self.gaps.iter().copied().collect();
+        let median = if gaps.is_empty() {
+            config.flush_interval
+        } else {
+            let middle = gaps.len() / 2;
+            *gaps.select_nth_unstable(middle).1
+        };
+        (median * 2).max(config.flush_interval / 32)
+    }
+
+    /// The adaptive linger after a batch: it grows (doubling from an eighth
+    /// of `flush_interval`, up to all of it) while requests arrive during
+    /// writes and batches stay under half their bounds, and halves (to none
+    /// below that eighth) after a batch none of whose requests did. The
+    /// same idea as ClickHouse's adaptive busy timeout for asynchronous
+    /// inserts (`async_insert_use_adaptive_busy_timeout`), with the floor at
+    /// zero so that a lone exporter, whose next request comes only after
+    /// its answer, never waits for company that cannot come.
+    fn adapt(&mut self, config: &PipelineConfig, arrived_while_writing: bool, rows: usize, bytes: usize) {
+        let step = config.flush_interval / 8;
+        if !arrived_while_writing {
+            self.linger /= 2;
+            if self.linger < step {
+                self.linger = Duration::ZERO;
+            }
+        } else if rows < config.max_batch_rows / 2 && bytes < config.max_batch_bytes / 2 {
+            self.linger = (self.linger * 2).max(step).min(config.flush_interval);
+        }
+    }
+}
+
 impl Writers {
     fn new(queue: mpsc::UnboundedReceiver<Submission>) -> Self {
-        Writers { queue: tokio::sync::Mutex::new(queue), writing: AtomicUsize::new(0), wrote: tokio::sync::Notify::new() }
+        Writers {
+            queue: tokio::sync::Mutex::new(Gathering::new(queue)),
+            writing: Arc::new(AtomicUsize::new(0)),
+            wrote: tokio::sync::Notify::new(),
+        }
     }
 
     /// Takes what is waiting, as one batch, and counts its writer as
     /// writing. While another batch is being written the next one gathers
     /// until that write ends or the batch is full, so batches grow with
-    /// load, a lone exporter is not held back by a timer, and a second
-    /// batch goes beside the first only when a full one is waiting. With a
-    /// linger, it waits that long for more. `None` once the pipeline is
-    /// dropped and everything queued is taken.
+    /// load, and a second batch goes beside the first only when a full one
+    /// is waiting. With no write running it lingers for more until its
+    /// first request has waited the linger (`PipelineConfig::adaptive_flush`
+    /// says how long that is). `None` once the pipeline is dropped and
+    /// everything queued is taken.
     async fn gather(&self, config: &PipelineConfig) -> Option<(Vec<Submission>, usize, usize)> {
-        let mut queue = self.queue.lock().await;
-        let first = queue.recv().await?;
-        let deadline = Instant::now() + config.flush_interval;
+        let mut gathering = self.queue.lock().await;
+        let first = gathering.queue.recv().await?;
+        gathering.arrived(first.queued);
+        let linger = if config.adaptive_flush { gathering.linger } else { config.flush_interval };
+        let deadline = first.queued + linger;
         let mut rows = first.rows();
         let mut bytes = first.bytes;
         let mut batch = vec![first];
         while rows < config.max_batch_rows && bytes < config.max_batch_bytes {
-            let next = match queue.try_recv() {
+            let next = match gathering.queue.try_recv() {
                 Ok(next) => next,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
@@ -410,26 +509,36 @@ impl Writers {
                     wrote.as_mut().enable();
                     if self.writing.load(Ordering::Acquire) > 0 {
                         tokio::select! {
-                            next = queue.recv() => match next {
+                            next = gathering.queue.recv() => match next {
                                 Some(next) => next,
                                 None => break,
                             },
                             _ = wrote => continue,
                         }
-                    } else if config.flush_interval.is_zero() {
+                    } else if linger.is_zero() {
                         break;
                     } else {
-                        match tokio::time::timeout_at(deadline, queue.recv()).await {
+                        let until = match (config.adaptive_flush, gathering.last_queued) {
+                            (true, Some(last)) => deadline.min(last + gathering.quiet(config)),
+                            _ => deadline,
+                        };
+                        match tokio::time::timeout_at(until, gathering.queue.recv()).await {
                             Ok(Some(next)) => next,
                             Ok(None) | Err(_) => break,
                         }
                     }
                 }
             };
+            gathering.arrived(next.queued);
             rows += next.rows();
             bytes += next.bytes;
             batch.push(next);
         }
+        if config.adaptive_flush {
+            let arrived_while_writing = batch.iter().any(|submission| submission.during_write);
+            gathering.adapt(config, arrived_while_writing, rows, bytes);
+        }
+        metrics::LINGER_SECONDS.set(if config.adaptive_flush { gathering.linger } else { linger }.as_secs_f64());
         self.writing.fetch_add(1, Ordering::AcqRel);
         Some((batch, rows, bytes))
     }
@@ -483,6 +592,8 @@ async fn write_batches(store: Store, writers: Arc<Writers>, config: PipelineConf
         }
         .instrument(span)
         .await;
+        // Written: requests queued from now on did not arrive during a write.
+        writers.wrote_batch();
         if let (Ok(()), Some(resolver)) = (&business_result, &resolver) {
             let traces: BTreeSet<&str> = business.iter().map(|row| row.trace_id.as_str()).collect();
             if !traces.is_empty() {
@@ -516,8 +627,6 @@ async fn write_batches(store: Store, writers: Arc<Writers>, config: PipelineConf
             // Nobody may be waiting any more (the client gave up); that is fine.
             let _ = submission.ack.send(Some(result));
         }
-        drop(ledger);
-        writers.wrote_batch();
     }
 }
 
@@ -793,7 +902,13 @@ mod tests {
             business: Vec::new(),
             ack: watch::channel(None).0,
             _permit: None,
+            queued: Instant::now(),
+            during_write: false,
         }
+    }
+
+    fn queued_during_a_write(spans: usize) -> Submission {
+        Submission { during_write: true, ..submission(spans) }
     }
 
     fn writers() -> (mpsc::UnboundedSender<Submission>, Arc<Writers>) {
@@ -842,6 +957,135 @@ mod tests {
         let (batch, rows, _) = writers.gather(&config).await.unwrap();
         assert_eq!((batch.len(), rows), (4, 120));
         assert_eq!(writers.writing.load(Ordering::Acquire), 2, "two batches are being written");
+    }
+
+    /// Far longer than any test waits: a batch that lingers is ended by its row bound.
+    const LONG: Duration = Duration::from_secs(600);
+
+    fn adaptive() -> PipelineConfig {
+        PipelineConfig { max_batch_rows: 100, flush_interval: LONG, adaptive_flush: true, ..PipelineConfig::default() }
+    }
+
+    async fn linger(writers: &Writers) -> Duration {
+        writers.queue.lock().await.linger
+    }
+
+    /// Gathers with a 10-row request arriving once the writer waits for it,
+    /// as an exporter's request does when the writer is idle. Returns the
+    /// batch's requests, or `None` if it still lingered once settled (then
+    /// a 100-row request ends it).
+    async fn gather_arriving(queue: &mpsc::UnboundedSender<Submission>, writers: &Arc<Writers>) -> Option<usize> {
+        let next = tokio::spawn({
+            let (writers, config) = (writers.clone(), adaptive());
+            async move { writers.gather(&config).await.map(|(batch, _, _)| batch.len()) }
+        });
+        settle().await;
+        queue.send(submission(10)).ok().unwrap();
+        settle().await;
+        let gathered = if next.is_finished() {
+            Some(next.await.unwrap().unwrap())
+        } else {
+            queue.send(submission(100)).ok().unwrap();
+            assert_eq!(next.await.unwrap(), Some(2), "the row bound ends a lingering batch");
+            None
+        };
+        writers.wrote_batch();
+        gathered
+    }
+
+    #[tokio::test]
+    async fn an_exporter_sending_one_request_at_a_time_is_never_held_back() {
+        let (queue, writers) = writers();
+        for _ in 0..5 {
+            assert_eq!(gather_arriving(&queue, &writers).await, Some(1), "the request goes at once");
+        }
+        assert_eq!(linger(&writers).await, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_linger_grows_while_requests_arrive_during_writes_and_halves_when_they_stop() {
+        let config = adaptive();
+        let mut gathering = Gathering::new(mpsc::unbounded_channel().1);
+        let mut lingers = Vec::new();
+        for _ in 0..5 {
+            gathering.adapt(&config, true, 10, 1000);
+            lingers.push(gathering.linger);
+        }
+        assert_eq!(lingers, [LONG / 8, LONG / 4, LONG / 2, LONG, LONG]);
+        gathering.adapt(&config, true, 50, 1000);
+        assert_eq!(gathering.linger, LONG, "a batch half full neither grows nor shortens it");
+        lingers.clear();
+        for _ in 0..5 {
+            gathering.adapt(&config, false, 10, 1000);
+            lingers.push(gathering.linger);
+        }
+        assert_eq!(lingers, [LONG / 2, LONG / 4, LONG / 8, Duration::ZERO, Duration::ZERO], "none below an eighth");
+    }
+
+    #[test]
+    fn a_lingering_batch_waits_twice_the_median_gap_between_arrivals_for_the_next() {
+        let config = PipelineConfig { flush_interval: Duration::from_millis(320), ..adaptive() };
+        let mut gathering = Gathering::new(mpsc::unbounded_channel().1);
+        assert_eq!(gathering.quiet(&config), Duration::from_millis(640), "with nothing seen yet, the linger decides");
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        // Exporters that wait for their answers: a burst, then a write's time of nothing.
+        for at in [0, 1, 2, 3, 40, 41, 42, 43] {
+            gathering.arrived(start + ms(at));
+        }
+        assert_eq!(gathering.quiet(&config), ms(10), "twice 1 ms, raised to a 32nd of the flush interval");
+        // Independent exporters, each at its own pace.
+        for at in [60, 90, 110, 140, 165, 185, 215, 240, 270, 290, 315, 340, 370, 390, 415, 440] {
+            gathering.arrived(start + ms(at));
+        }
+        assert_eq!(gathering.quiet(&config), ms(50));
+        // A request queued before one received earlier counts as no gap.
+        gathering.arrived(start + ms(430));
+        assert_eq!(gathering.gaps.back(), Some(&Duration::ZERO));
+        assert_eq!(gathering.last_queued, Some(start + ms(440)));
+    }
+
+    #[tokio::test]
+    async fn a_lingering_batch_goes_once_no_request_came_for_the_quiet_time() {
+        let (queue, writers) = writers();
+        // Requests so far came together; the linger alone would hold the batch for 600 s.
+        let config = PipelineConfig { flush_interval: Duration::from_millis(32), ..adaptive() };
+        writers.queue.lock().await.linger = LONG;
+        for _ in 0..3 {
+            queue.send(submission(10)).ok().unwrap();
+        }
+        let gathered = tokio::time::timeout(Duration::from_secs(60), writers.gather(&config)).await;
+        let (batch, _, _) = gathered.expect("the batch waited out its linger although nothing came").unwrap();
+        assert_eq!(batch.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_queued_during_a_write_makes_the_next_batch_linger() {
+        let (queue, writers) = writers();
+        queue.send(submission(10)).ok().unwrap();
+        writers.gather(&adaptive()).await.unwrap();
+        writers.wrote_batch();
+        assert_eq!(linger(&writers).await, Duration::ZERO, "a request queued while no batch was written");
+        queue.send(queued_during_a_write(10)).ok().unwrap();
+        let (batch, _, _) = writers.gather(&adaptive()).await.unwrap();
+        assert_eq!(batch.len(), 1, "what waits goes at once");
+        writers.wrote_batch();
+        assert_eq!(linger(&writers).await, LONG / 8);
+        assert_eq!(gather_arriving(&queue, &writers).await, None, "the next batch lingers for more");
+        assert_eq!(linger(&writers).await, Duration::ZERO, "and its request came to an idle writer");
+        assert_eq!(gather_arriving(&queue, &writers).await, Some(1));
+    }
+
+    #[tokio::test]
+    async fn batches_already_half_full_do_not_make_the_writer_linger() {
+        let (queue, writers) = writers();
+        for _ in 0..3 {
+            queue.send(queued_during_a_write(60)).ok().unwrap();
+            let (batch, rows, _) = writers.gather(&adaptive()).await.unwrap();
+            assert_eq!((batch.len(), rows), (1, 60));
+            writers.wrote_batch();
+        }
+        assert_eq!(linger(&writers).await, Duration::ZERO);
     }
 
     #[test]

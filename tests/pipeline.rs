@@ -1,6 +1,7 @@
 //! The ingest pipeline against the embedded engine: a batch is closed by
-//! its row or byte bound without waiting out the linger, and every request
-//! is stored once however often it is sent.
+//! its row or byte bound without waiting out the linger, an exporter that
+//! sends one request at a time does not wait for it, and every request is
+//! stored once however often it is sent.
 
 mod common;
 
@@ -67,21 +68,41 @@ const LINGER: Duration = Duration::from_secs(600);
 
 #[tokio::test]
 async fn a_batch_closes_at_its_byte_bound() {
-    let config = PipelineConfig { max_batch_bytes: 1, flush_interval: LINGER, ..PipelineConfig::default() };
+    let config = PipelineConfig { max_batch_bytes: 1, flush_interval: LINGER, adaptive_flush: false, ..PipelineConfig::default() };
     bounded_batches_are_written_without_lingering("t_pipeline_bytes", config).await;
 }
 
 #[tokio::test]
 async fn a_batch_closes_at_its_row_bound() {
-    let config = PipelineConfig { max_batch_rows: 3, flush_interval: LINGER, ..PipelineConfig::default() };
+    let config = PipelineConfig { max_batch_rows: 3, flush_interval: LINGER, adaptive_flush: false, ..PipelineConfig::default() };
     bounded_batches_are_written_without_lingering("t_pipeline_rows", config).await;
 }
 
-/// Below both bounds, requests queued during the linger share one batch.
+/// An exporter that waits for each answer before sending again gains
+/// nothing from a linger: with the adaptive linger, every one of its
+/// requests is written at once, however long the linger may grow.
+#[tokio::test]
+async fn an_exporter_sending_one_request_at_a_time_does_not_wait_for_the_linger() {
+    let store = common::store("t_pipeline_lone").await;
+    let (pipeline, writer) = start(&store, PipelineConfig { flush_interval: LINGER, ..PipelineConfig::default() });
+    for first in (1..100).step_by(10) {
+        tokio::time::timeout(Duration::from_secs(60), pipeline.accept_traces(request(first, 3), "test".into()))
+            .await
+            .expect("a lone exporter's request waited for the linger")
+            .unwrap();
+    }
+    let count: Vec<u64> = store.fetch_all("SELECT count() FROM otel_traces").await.unwrap();
+    assert_eq!(count, [30]);
+    drop(pipeline);
+    writer.await.unwrap();
+    common::drop_database(&store).await;
+}
+
+/// Below both bounds, requests queued during a fixed linger share one batch.
 #[tokio::test]
 async fn requests_within_the_linger_share_a_batch() {
     let store = common::store("t_pipeline_linger").await;
-    let config = PipelineConfig { flush_interval: Duration::from_millis(1500), ..PipelineConfig::default() };
+    let config = PipelineConfig { flush_interval: Duration::from_millis(1500), adaptive_flush: false, ..PipelineConfig::default() };
     let (pipeline, writer) = start(&store, config);
     let (a, b) = tokio::join!(
         pipeline.accept_traces(request(1, 2), "test".into()),
