@@ -46,36 +46,38 @@ fn start(store: &waybill_store::Store, config: PipelineConfig) -> (std::sync::Ar
     Pipeline::start(store.clone(), config, Extractor::new(&LineageConfig::default()), None)
 }
 
-/// Sends two requests while the writer would linger far longer than the
-/// test waits: each is acknowledged only because a bound closed its batch.
-async fn bounded_batches_are_written_without_lingering(database: &str, config: PipelineConfig) {
+/// Sends `requests` requests of 3 spans, one at a time, while the writer
+/// could linger far longer than the test waits: each must be acknowledged
+/// without waiting out the linger (else the test fails with `waited`).
+async fn sent_one_at_a_time_without_waiting_out_the_linger(database: &str, config: PipelineConfig, requests: u8, waited: &str) {
     let store = common::store(database).await;
     let (pipeline, writer) = start(&store, config);
-    for first in [1, 10] {
+    for first in (0..requests).map(|i| i * 10 + 1) {
         tokio::time::timeout(Duration::from_secs(60), pipeline.accept_traces(request(first, 3), "test".into()))
             .await
-            .expect("the batch waited for its linger instead of closing at its bound")
+            .expect(waited)
             .unwrap();
     }
     let count: Vec<u64> = store.fetch_all("SELECT count() FROM otel_traces").await.unwrap();
-    assert_eq!(count, [6]);
+    assert_eq!(count, [u64::from(requests) * 3]);
     drop(pipeline);
     writer.await.unwrap();
     common::drop_database(&store).await;
 }
 
 const LINGER: Duration = Duration::from_secs(600);
+const BOUND_WAITED: &str = "the batch waited for its linger instead of closing at its bound";
 
 #[tokio::test]
 async fn a_batch_closes_at_its_byte_bound() {
     let config = PipelineConfig { max_batch_bytes: 1, flush_interval: LINGER, adaptive_flush: false, ..PipelineConfig::default() };
-    bounded_batches_are_written_without_lingering("t_pipeline_bytes", config).await;
+    sent_one_at_a_time_without_waiting_out_the_linger("t_pipeline_bytes", config, 2, BOUND_WAITED).await;
 }
 
 #[tokio::test]
 async fn a_batch_closes_at_its_row_bound() {
     let config = PipelineConfig { max_batch_rows: 3, flush_interval: LINGER, adaptive_flush: false, ..PipelineConfig::default() };
-    bounded_batches_are_written_without_lingering("t_pipeline_rows", config).await;
+    sent_one_at_a_time_without_waiting_out_the_linger("t_pipeline_rows", config, 2, BOUND_WAITED).await;
 }
 
 /// An exporter that waits for each answer before sending again gains
@@ -83,19 +85,8 @@ async fn a_batch_closes_at_its_row_bound() {
 /// requests is written at once, however long the linger may grow.
 #[tokio::test]
 async fn an_exporter_sending_one_request_at_a_time_does_not_wait_for_the_linger() {
-    let store = common::store("t_pipeline_lone").await;
-    let (pipeline, writer) = start(&store, PipelineConfig { flush_interval: LINGER, ..PipelineConfig::default() });
-    for first in (1..100).step_by(10) {
-        tokio::time::timeout(Duration::from_secs(60), pipeline.accept_traces(request(first, 3), "test".into()))
-            .await
-            .expect("a lone exporter's request waited for the linger")
-            .unwrap();
-    }
-    let count: Vec<u64> = store.fetch_all("SELECT count() FROM otel_traces").await.unwrap();
-    assert_eq!(count, [30]);
-    drop(pipeline);
-    writer.await.unwrap();
-    common::drop_database(&store).await;
+    let config = PipelineConfig { flush_interval: LINGER, ..PipelineConfig::default() };
+    sent_one_at_a_time_without_waiting_out_the_linger("t_pipeline_lone", config, 10, "a lone exporter's request waited for the linger").await;
 }
 
 /// Below both bounds, requests queued during a fixed linger share one batch.
