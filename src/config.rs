@@ -487,6 +487,21 @@ mod tests {
     }
 
     #[test]
+    fn the_writers_linger_is_set_from_the_environment_and_bounded_by_exporter_timeouts() {
+        let config = Config::load(
+            None,
+            env(&[("WAYBILL_PIPELINE__FLUSH_INTERVAL_MS", "50"), ("WAYBILL_PIPELINE__ADAPTIVE_FLUSH", "false")]),
+        )
+        .unwrap();
+        let settings = config.pipeline.settings();
+        assert_eq!((settings.flush_interval, settings.adaptive_flush), (std::time::Duration::from_millis(50), false));
+        let default = Config::default().pipeline.settings();
+        assert_eq!((default.flush_interval, default.adaptive_flush), (std::time::Duration::from_millis(100), true));
+        let err = Config::load(None, env(&[("WAYBILL_PIPELINE__FLUSH_INTERVAL_MS", "60000")])).unwrap_err().to_string();
+        assert!(err.contains("pipeline.flush_interval_ms must be at most 10000"), "{err}");
+    }
+
+    #[test]
     fn unknown_settings_are_refused_with_their_name() {
         let err = Config::load(None, env(&[("WAYBILL_STORE__DATABSE", "x")])).unwrap_err().to_string();
         assert!(err.contains("databse") && err.contains("WAYBILL_STORE__DATABSE"), "{err}");

@@ -44,8 +44,9 @@ pub struct PipelineConfig {
     pub max_batch_rows: usize,
     /// ...or once its requests' encoded size reaches this many bytes...
     pub max_batch_bytes: usize,
-    /// ...after lingering for more: a batch goes at the latest once its
-    /// first request has waited this long in the queue (zero: never linger).
+    /// ...after lingering for more: with no other batch being written, a
+    /// batch goes at the latest once its first request has waited this
+    /// long in the queue (zero: never linger).
     pub flush_interval: Duration,
     /// Linger only while requests arrive during writes and batches stay
     /// small: the linger grows towards `flush_interval` while they do, and
