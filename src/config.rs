@@ -122,11 +122,13 @@ pub struct PipelineSettings {
     /// lingering makes fewer, larger INSERTs at moderate rates.
     pub flush_interval_ms: u64,
     /// Linger only while requests arrive during writes and batches stay
-    /// small, up to `flush_interval_ms`, and not at all once a batch's
-    /// requests all came while nothing was being written; a lingering batch
-    /// also goes once no request came for twice the usual gap between
-    /// them. An exporter that sends one request at a time is never held
-    /// back. `false`: always linger the whole `flush_interval_ms`.
+    /// small, up to `flush_interval_ms`, halving after each batch whose
+    /// requests all came while nothing was being written (none after about
+    /// four); a lingering batch also goes once no request came for twice
+    /// the usual gap between them. An exporter sending alone, one request
+    /// at a time, never sends during a write, so it is not held back;
+    /// beside exporters that do, its requests wait with theirs. `false`:
+    /// always linger the whole `flush_interval_ms`.
     pub adaptive_flush: bool,
     /// Records queued or being written at most; beyond it exporters get
     /// 429 / RESOURCE_EXHAUSTED and retry, instead of memory growing.

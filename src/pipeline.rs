@@ -50,10 +50,12 @@ pub struct PipelineConfig {
     pub flush_interval: Duration,
     /// Linger only while requests arrive during writes and batches stay
     /// small: the linger grows towards `flush_interval` while they do, and
-    /// halves to none once a batch's requests all came while nothing was
-    /// being written; a lingering batch also goes once no request came for
-    /// twice the usual gap between them. An exporter that sends one
-    /// request at a time is never held back. Off: always linger the whole
+    /// halves after each batch whose requests all came while nothing was
+    /// being written (none after about four); a lingering batch also goes
+    /// once no request came for twice the usual gap between them. An
+    /// exporter sending alone, one request at a time, never sends during a
+    /// write, so it does not make the writer linger; beside exporters that
+    /// do, its requests wait with theirs. Off: always linger the whole
     /// `flush_interval`.
     pub adaptive_flush: bool,
     /// Rows queued or being written at most; beyond it requests get Busy.
@@ -404,7 +406,8 @@ impl RecentDigests {
 struct Writers {
     queue: tokio::sync::Mutex<Gathering>,
     writing: Arc<AtomicUsize>,
-    /// Signalled whenever a writer finishes a batch.
+    /// Signalled whenever a writer's INSERTs of a batch end (before its
+    /// clients are answered).
     wrote: tokio::sync::Notify,
 }
 
@@ -487,8 +490,9 @@ impl Writers {
     /// until that write ends or the batch is full, so batches grow with
     /// load, and a second batch goes beside the first only when a full one
     /// is waiting. With no write running it lingers for more until its
-    /// first request has waited the linger (`PipelineConfig::adaptive_flush`
-    /// says how long that is). `None` once the pipeline is dropped and
+    /// first request has waited the linger, or, adaptively, until no
+    /// request came for the quiet time (`PipelineConfig::adaptive_flush`
+    /// says how long those are). `None` once the pipeline is dropped and
     /// everything queued is taken.
     async fn gather(&self, config: &PipelineConfig) -> Option<(Vec<Submission>, usize, usize)> {
         let mut gathering = self.queue.lock().await;
@@ -976,8 +980,12 @@ mod tests {
     /// batch's requests, or `None` if it still lingered once settled (then
     /// a 100-row request ends it).
     async fn gather_arriving(queue: &mpsc::UnboundedSender<Submission>, writers: &Arc<Writers>) -> Option<usize> {
+        gather_arriving_with(adaptive(), queue, writers).await
+    }
+
+    async fn gather_arriving_with(config: PipelineConfig, queue: &mpsc::UnboundedSender<Submission>, writers: &Arc<Writers>) -> Option<usize> {
         let next = tokio::spawn({
-            let (writers, config) = (writers.clone(), adaptive());
+            let writers = writers.clone();
             async move { writers.gather(&config).await.map(|(batch, _, _)| batch.len()) }
         });
         settle().await;
@@ -995,12 +1003,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_exporter_sending_one_request_at_a_time_is_never_held_back() {
+    async fn an_exporter_sending_alone_one_request_at_a_time_stops_the_linger_within_four_batches() {
         let (queue, writers) = writers();
+        // Grown by others who have stopped sending.
+        writers.queue.lock().await.linger = LONG;
+        for expected in [LONG / 2, LONG / 4, LONG / 8, Duration::ZERO] {
+            assert_eq!(gather_arriving(&queue, &writers).await, None, "a grown linger holds the batch");
+            assert_eq!(linger(&writers).await, expected);
+        }
         for _ in 0..5 {
-            assert_eq!(gather_arriving(&queue, &writers).await, Some(1), "the request goes at once");
+            assert_eq!(gather_arriving(&queue, &writers).await, Some(1), "then each request goes at once");
         }
         assert_eq!(linger(&writers).await, Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_fixed_linger_holds_every_batch() {
+        let (queue, writers) = writers();
+        let fixed = PipelineConfig { adaptive_flush: false, ..adaptive() };
+        for _ in 0..3 {
+            assert_eq!(gather_arriving_with(fixed, &queue, &writers).await, None, "the batch lingers");
+        }
     }
 
     #[test]

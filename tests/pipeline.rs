@@ -81,8 +81,9 @@ async fn a_batch_closes_at_its_row_bound() {
 }
 
 /// An exporter that waits for each answer before sending again gains
-/// nothing from a linger: with the adaptive linger, every one of its
-/// requests is written at once, however long the linger may grow.
+/// nothing from a linger. Alone, none of its requests is queued during a
+/// write, so the adaptive linger never grows and each request is written
+/// at once, although the linger could reach 600 s.
 #[tokio::test]
 async fn an_exporter_sending_one_request_at_a_time_does_not_wait_for_the_linger() {
     let config = PipelineConfig { flush_interval: LINGER, ..PipelineConfig::default() };
