@@ -189,6 +189,23 @@ struct Ledger {
     in_flight: HashMap<u128, watch::Receiver<Outcome>>,
 }
 
+/// Ends once every task has, or at once when one panics: that panic
+/// fails the returned future, and the other tasks are aborted. A writer
+/// that panicked leaves its clients unanswered (they get Unavailable and
+/// resend) and may have left the shared gathering state half done, so the
+/// service is better stopped whole, and said why, than kept on half its
+/// writers, or none, until its shutdown.
+async fn until_one_fails(mut tasks: tokio::task::JoinSet<()>) {
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(err) = ended {
+            if err.is_panic() {
+                tasks.abort_all();
+                std::panic::resume_unwind(err.into_panic());
+            }
+        }
+    }
+}
+
 /// What the ledger knows of a request.
 enum Seen {
     Stored,
@@ -223,9 +240,9 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts the writers; the task returned ends, after writing what is
-    /// queued, once the pipeline is dropped. `extractor` finds the business
-    /// events of each request; `resolver`, if any, is told the traces that
-    /// got some.
+    /// queued, once the pipeline is dropped, or at once if a writer panics.
+    /// `extractor` finds the business events of each request; `resolver`,
+    /// if any, is told the traces that got some.
     pub fn start(
         store: Store,
         config: PipelineConfig,
@@ -249,20 +266,11 @@ impl Pipeline {
             ledger: ledger.clone(),
             writing: shared.writing.clone(),
         });
-        let writers: Vec<_> = (0..config.writers.max(1))
-            .map(|_| tokio::spawn(write_batches(store.clone(), shared.clone(), config, ledger.clone(), resolver.clone())))
-            .collect();
-        // A writer that panicked fails the task returned, as a lone writer's task would.
-        let writer = tokio::spawn(async move {
-            for writer in writers {
-                if let Err(err) = writer.await {
-                    if err.is_panic() {
-                        std::panic::resume_unwind(err.into_panic());
-                    }
-                }
-            }
-        });
-        (pipeline, writer)
+        let mut writers = tokio::task::JoinSet::new();
+        for _ in 0..config.writers.max(1) {
+            writers.spawn(write_batches(store.clone(), shared.clone(), config, ledger.clone(), resolver.clone()));
+        }
+        (pipeline, tokio::spawn(until_one_fails(writers)))
     }
 
     /// Looks `digest` up; with `register`, records this request as being
@@ -1135,6 +1143,32 @@ mod tests {
         };
         assert_eq!(value_string(Some(&any(KvlistValue(map)))), r#"{"a":2.5,"z":false}"#);
         assert_eq!(value_string(None), "");
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_panics_ends_the_writers_task_at_once_and_stops_the_others() {
+        let (_still_writing, writing) = tokio::sync::oneshot::channel::<()>();
+        let (aborted_tx, aborted) = tokio::sync::oneshot::channel::<()>();
+        let mut writers = tokio::task::JoinSet::new();
+        writers.spawn(async move {
+            // Dropped, closing `aborted`, only when this writer is stopped.
+            let _aborted_tx = aborted_tx;
+            let _ = writing.await;
+        });
+        writers.spawn(async { panic!("a writer's bug") });
+        let ended = tokio::time::timeout(Duration::from_secs(10), tokio::spawn(until_one_fails(writers)))
+            .await
+            .expect("the task ends without waiting for the writer still writing");
+        assert!(ended.expect_err("the panic fails the task").is_panic());
+        assert!(aborted.await.is_err(), "the writer still writing is stopped");
+    }
+
+    #[tokio::test]
+    async fn writers_that_end_normally_end_the_writers_task_normally() {
+        let mut writers = tokio::task::JoinSet::new();
+        writers.spawn(async {});
+        writers.spawn(tokio::time::sleep(Duration::from_millis(10)));
+        tokio::spawn(until_one_fails(writers)).await.expect("no writer panicked");
     }
 
     #[test]

@@ -145,13 +145,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         servers.spawn("SQL endpoint", serve_until(listener, router, shutdown_rx.clone()));
     }
 
-    // Runs until asked to stop, or until a server stops by itself: then
-    // the service is not whole, so it stops cleanly and says why.
+    // Runs until asked to stop, or until a server, the writer or the
+    // resolver stops by itself: then the service is not whole (requests
+    // would get 503 until a restart, or lineage would go stale), so it
+    // stops cleanly and says why.
+    let (mut writer, mut resolver) = (writer, resolver);
+    let (mut writer_ended, mut resolver_ended) = (None, None);
     let mut first_error = tokio::select! {
         () = shutdown_signal() => None,
         name = servers.first_stopped() => {
             tracing::error!(server = name, "stopped unexpectedly; shutting down");
             Some(anyhow::anyhow!("the {name} stopped unexpectedly"))
+        }
+        ended = &mut writer => {
+            tracing::error!("the ingest writer stopped unexpectedly; shutting down");
+            writer_ended = Some(ended);
+            Some(anyhow::anyhow!("the ingest writer stopped unexpectedly"))
+        }
+        ended = &mut resolver => {
+            tracing::error!("the lineage resolver stopped unexpectedly; shutting down");
+            resolver_ended = Some(ended);
+            Some(anyhow::anyhow!("the lineage resolver stopped unexpectedly"))
         }
     };
     tracing::info!("shutting down: finishing requests");
@@ -165,9 +179,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // The receivers are gone; the writer stores what is queued, then ends.
     drop(sink);
-    writer.await.context("the writer task failed")?;
+    let written = match writer_ended {
+        Some(ended) => ended,
+        None => writer.await,
+    };
     let _ = resolver_stop.send(true);
-    resolver.await.context("the lineage resolver task failed")?.map_err(anyhow::Error::msg)?;
+    let resolved = match resolver_ended {
+        Some(ended) => ended,
+        None => resolver.await,
+    };
+    let ended = [
+        written.context("the ingest writer failed"),
+        resolved.context("the lineage resolver task failed").and_then(|resolved| resolved.map_err(anyhow::Error::msg)),
+    ];
+    for err in ended.into_iter().filter_map(Result::err) {
+        tracing::error!(error = %format!("{err:#}"), "stopped with an error");
+        first_error = Some(first_error.unwrap_or(err));
+    }
     migration.abort();
     store.close().await;
     tracing::info!("stopped");
