@@ -174,6 +174,10 @@ async fn python_export_is_stored(service: &Service, endpoint: SocketAddr, protoc
     assert!(metric(&metrics.text(), "waybill_pipeline_batch_records_count", &[]).is_some_and(|batches| batches >= 1.0));
     // The writer's linger is on the page, within the configured 100 ms.
     assert!(metric(&metrics.text(), "waybill_pipeline_linger_seconds", &[]).is_some_and(|linger| (0.0..=0.1).contains(&linger)));
+    // Lineage's failure counts are on the page before any failure, so Prometheus's increase() sees the first.
+    for work in ["resolve", "catch_up", "deadlines", "progress"] {
+        assert!(metric(&metrics.text(), "waybill_lineage_failed_steps_total", &[("work", work)]).is_some(), "{work}");
+    }
     assert_eq!((record.trace_id.as_str(), record.span_id.as_str()), (trace_id, child_id));
     // W3C trace flags as sent: sampled (0x01), and the SDK may add random (0x02).
     assert_eq!(record.trace_flags & 0x01, 0x01, "flags {:#x}", record.trace_flags);

@@ -1,8 +1,10 @@
 //! The resolver against the real engine: what it remembers between steps
 //! must never hide a key the store already holds, the keys it looks up
 //! reach the engine intact whatever their characters, and run apart as the
-//! service runs it, it resolves at a lower CPU priority. And what the API
-//! reads of its rows: a key lookup shows each transaction as last written.
+//! service runs it, it resolves at a lower CPU priority. A store that
+//! refuses its writes delays lineage, counted for the shipped Prometheus
+//! rules, and loses nothing. And what the API reads of its rows: a key
+//! lookup shows each transaction as last written.
 
 mod common;
 
@@ -236,6 +238,61 @@ async fn a_resolver_run_apart_resolves_at_a_lower_priority_and_ends_when_told() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     common::drop_database(&store).await;
+}
+
+/// `waybill_lineage_failed_steps_total` for `work`, as `/metrics` shows it.
+fn failed_steps(work: &str) -> u64 {
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &prometheus::gather(), &mut text).unwrap();
+    let series = format!("waybill_lineage_failed_steps_total{{work=\"{work}\"}} ");
+    String::from_utf8(text).unwrap().lines().find_map(|line| line.strip_prefix(&series)).map_or(0, |value| value.parse().unwrap())
+}
+
+/// A store that refuses the resolver's writes for a while delays lineage
+/// and loses nothing: each failed step is counted on `/metrics` (where the
+/// shipped Prometheus rules watch it) and retried, and once the store
+/// takes the rows again the order is resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_whose_writes_are_refused_counts_each_failed_step_and_resolves_once_they_are_taken() {
+    let store = common::store("resolver_refused").await;
+    let own_store = Store::embedded(common::engine(), common::target("resolver_refused"));
+    store.execute("ALTER TABLE biz_key_traces ADD CONSTRAINT refuse_for_the_test CHECK Kind = 'never'").await.unwrap();
+    let config = LineageConfig { resolve_interval_ms: 50, ..LineageConfig::default() };
+    let (notifier, notifications) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let failed_before = failed_steps("resolve");
+    let running = Resolver::new(own_store, config).unwrap().run_apart(notifications, stopped).unwrap();
+
+    store.insert("biz_events", &[record("r1", 1, "order.captured", "portal", &[("order", "PO-REFUSED")])]).await.unwrap();
+    notifier.send(vec!["r1".into()]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while failed_steps("resolve") < failed_before + 3 {
+        assert!(std::time::Instant::now() < deadline, "the refused steps were not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(api::by_key(&store, "PO-REFUSED", None, None, 10).await.unwrap().is_empty(), "nothing is resolved while writes are refused");
+
+    store.execute("ALTER TABLE biz_key_traces DROP CONSTRAINT refuse_for_the_test").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while api::by_key(&store, "PO-REFUSED", None, None, 10).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the order was not resolved once the store took the rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), running).await.expect("the resolver ends when told to").unwrap();
+    common::drop_database(&store).await;
+}
+
+/// The Prometheus rules shipped for watching Waybill load, and fire and
+/// stay quiet as their unit tests say, in Prometheus's own rule engine.
+#[test]
+fn the_shipped_prometheus_rules_load_and_pass_their_unit_tests() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let promtool = common::process::which("promtool");
+    for args in [["check", "rules", "prometheus-rules.yaml"], ["test", "rules", "prometheus-rules.test.yaml"]] {
+        let output = std::process::Command::new(&promtool).args(args).current_dir(&deploy).output().unwrap();
+        assert!(output.status.success(), "promtool {}: {}", args.join(" "), common::process::text(&output));
+    }
 }
 
 fn transaction_version(id: &str, state: &str, updated_ns: i64, version: u64) -> TransactionRow {

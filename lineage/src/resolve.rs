@@ -174,7 +174,10 @@ impl Resolver {
                             tracing::info!(traces = resolved.traces, transactions = resolved.transactions, "lineage caught up");
                         }
                     }
-                    Err(err) => tracing::warn!(error = %err, "lineage catch-up failed; retrying"),
+                    Err(err) => {
+                        metrics::failed("catch_up");
+                        tracing::warn!(error = %err, "lineage catch-up failed; retrying");
+                    }
                 }
             }
             metrics::PENDING_TRACES.set(pending.len() as i64);
@@ -196,6 +199,7 @@ impl Resolver {
                     }
                     Err(err) => {
                         timer.stop_and_discard();
+                        metrics::failed("resolve");
                         tracing::warn!(error = %err, traces = step.len(), "lineage not resolved; retrying");
                     }
                 }
@@ -208,11 +212,15 @@ impl Resolver {
                         metrics::TRANSACTIONS_WRITTEN.inc_by(changed as u64);
                         deadlines_checked = Instant::now();
                     }
-                    Err(err) => tracing::warn!(error = %err, "deadlines not checked; retrying"),
+                    Err(err) => {
+                        metrics::failed("deadlines");
+                        tracing::warn!(error = %err, "deadlines not checked; retrying");
+                    }
                 }
             }
             if caught_up && pending.is_empty() {
                 if let Err(err) = self.save_progress(started).await {
+                    metrics::failed("progress");
                     tracing::warn!(error = %err, "lineage progress not recorded");
                 }
             }
@@ -828,7 +836,11 @@ mod metrics {
     //! The resolver's Prometheus metrics (default registry).
     use std::sync::LazyLock;
 
-    use prometheus::{register_histogram, register_int_counter, register_int_gauge, Histogram, IntCounter, IntGauge};
+    use prometheus::{register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge};
+    use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
+
+    /// What the loop does that can fail, each retried on its next turn.
+    const WORK: [&str; 4] = ["resolve", "catch_up", "deadlines", "progress"];
 
     pub static PENDING_TRACES: LazyLock<IntGauge> = LazyLock::new(|| {
         register_int_gauge!("waybill_lineage_pending_traces", "Traces with new business events not resolved yet").expect("metric registers once")
@@ -839,6 +851,19 @@ mod metrics {
     pub static TRANSACTIONS_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
         register_int_counter!("waybill_lineage_transactions_written_total", "Transaction versions written (new events or passed deadlines)")
             .expect("metric registers once")
+    });
+    pub static FAILED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        let failed = register_int_counter_vec!(
+            "waybill_lineage_failed_steps_total",
+            "Resolver work that failed and is retried: resolve steps, catching up after a restart, deadline checks, recording progress",
+            &["work"]
+        )
+        .expect("metric registers once");
+        // Every series from 0, so that `increase()` sees the first failure.
+        for work in WORK {
+            failed.with_label_values(&[work]);
+        }
+        failed
     });
     pub static RESOLVE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
         register_histogram!(
@@ -854,6 +879,12 @@ mod metrics {
         LazyLock::force(&RESOLVED_EVENTS);
         LazyLock::force(&TRANSACTIONS_WRITTEN);
         LazyLock::force(&RESOLVE_SECONDS);
+        LazyLock::force(&FAILED);
+    }
+
+    /// Counts a failure of `work` (one of [`WORK`]).
+    pub fn failed(work: &str) {
+        FAILED.with_label_values(&[work]).inc();
     }
 }
 
