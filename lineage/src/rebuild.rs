@@ -75,7 +75,7 @@ pub async fn rebuild(store: &Store, config: &LineageConfig, since: Duration, mut
     resolver.mark_rewritten().await?;
     let traces: Vec<String> = store.fetch_all("SELECT DISTINCT TraceId FROM biz_events ORDER BY TraceId").await?;
     let started_us = now_ns() / 1000;
-    rebuilt.resolved = resolver.resolve_in_chunks(traces, |done, total| progress(Progress::Resolved { done, total })).await?;
+    rebuilt.resolved = resolver.resolve_in_chunks(traces, |done, total, _| progress(Progress::Resolved { done, total })).await?;
     // The service need not catch up on what was just resolved.
     resolver.save_progress(started_us).await?;
     Ok(rebuilt)

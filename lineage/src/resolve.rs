@@ -257,7 +257,15 @@ impl Resolver {
                      WHERE Ingested >= fromUnixTimestamp64Micro({from_us}) AND Ingested < fromUnixTimestamp64Micro({to_us}) ORDER BY TraceId"
                 ))
                 .await?;
-            let resolved = self.resolve_in_chunks(traces, |_, _| {}).await?;
+            // Counted as the loop's steps are: a long catch-up shows its
+            // backlog and its progress on /metrics (the alert rules watch both).
+            let resolved = self
+                .resolve_in_chunks(traces, |done, of, chunk| {
+                    metrics::PENDING_TRACES.set((of - done) as i64);
+                    metrics::RESOLVED_EVENTS.inc_by(chunk.events as u64);
+                    metrics::TRANSACTIONS_WRITTEN.inc_by(chunk.transactions as u64);
+                })
+                .await?;
             total.traces += resolved.traces;
             total.events += resolved.events;
             total.transactions += resolved.transactions;
@@ -267,8 +275,13 @@ impl Resolver {
         Ok(total)
     }
 
-    /// Resolves `traces` a few thousand at a time, reporting progress.
-    pub async fn resolve_in_chunks(&mut self, traces: Vec<String>, mut progress: impl FnMut(usize, usize)) -> Result<Resolved, StoreError> {
+    /// Resolves `traces` a few thousand at a time, reporting after each
+    /// chunk how many traces are done, of how many, and what the chunk did.
+    pub async fn resolve_in_chunks(
+        &mut self,
+        traces: Vec<String>,
+        mut progress: impl FnMut(usize, usize, Resolved),
+    ) -> Result<Resolved, StoreError> {
         let mut total = Resolved::default();
         let per_step = self.config.max_traces_per_step;
         for (i, chunk) in traces.chunks(per_step).enumerate() {
@@ -277,7 +290,7 @@ impl Resolver {
             total.traces += resolved.traces;
             total.events += resolved.events;
             total.transactions += resolved.transactions;
-            progress((i * per_step + chunk.len()).min(traces.len()), traces.len());
+            progress((i * per_step + chunk.len()).min(traces.len()), traces.len(), resolved);
         }
         Ok(total)
     }
