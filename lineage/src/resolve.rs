@@ -246,6 +246,19 @@ impl Resolver {
         // min() over no rows is the epoch: then there is nothing to catch up.
         let mut from_us = first.first().copied().filter(|&us| us > 0).unwrap_or(until_us).max(since_us);
         let mut total = Resolved::default();
+        // About how many traces wait, counted once, for the pending gauge
+        // (a trace ingested across two pages is resolved in both).
+        let mut left = 0;
+        if from_us < until_us {
+            let traces: Vec<u64> = self
+                .store
+                .fetch_all(&format!(
+                    "SELECT uniq(TraceId) FROM biz_events \
+                     WHERE Ingested >= fromUnixTimestamp64Micro({from_us}) AND Ingested < fromUnixTimestamp64Micro({until_us})"
+                ))
+                .await?;
+            left = traces.first().map_or(0, |&traces| traces as usize);
+        }
         // A page of ingest time at a time, so memory stays bounded however
         // far behind the resolver is; progress is recorded after each.
         while from_us < until_us {
@@ -259,9 +272,10 @@ impl Resolver {
                 .await?;
             // Counted as the loop's steps are: a long catch-up shows its
             // backlog and its progress on /metrics (the alert rules watch both).
+            let page = traces.len();
             let resolved = self
                 .resolve_in_chunks(traces, |done, of, chunk| {
-                    metrics::PENDING_TRACES.set((of - done) as i64);
+                    metrics::PENDING_TRACES.set(left.saturating_sub(done).max(of - done) as i64);
                     metrics::RESOLVED_EVENTS.inc_by(chunk.events as u64);
                     metrics::TRANSACTIONS_WRITTEN.inc_by(chunk.transactions as u64);
                 })
@@ -270,6 +284,7 @@ impl Resolver {
             total.events += resolved.events;
             total.transactions += resolved.transactions;
             self.save_progress(to_us).await?;
+            left = left.saturating_sub(page);
             from_us = to_us;
         }
         Ok(total)
