@@ -1160,7 +1160,8 @@ mod tests {
             .await
             .expect("the task ends without waiting for the writer still writing");
         assert!(ended.expect_err("the panic fails the task").is_panic());
-        assert!(aborted.await.is_err(), "the writer still writing is stopped");
+        let stopped = tokio::time::timeout(Duration::from_secs(10), aborted).await.expect("the writer still writing is stopped");
+        assert!(stopped.is_err(), "it is stopped, not finished");
     }
 
     #[tokio::test]
